@@ -1,0 +1,243 @@
+"""The original ELMo checkpoint format (bilm-tf's `options.json` + weights `.hdf5`) and its mapping to `ElmoModel`.
+
+Every dataset name, shape and transformation between the TensorFlow layout and this package's parameters
+lives here, so reading a release, validating it and writing one in the same layout all share one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
+
+REQUIRED_OPTIONS = {
+    "lstm": ("dim", "projection_dim", "n_layers", "cell_clip", "proj_clip", "use_skip_connections"),
+    "char_cnn": ("filters", "n_highway", "embedding", "n_characters", "max_characters_per_token", "activation"),
+}
+TF_FORGET_BIAS = 1.0
+
+# The official English releases (ELMO_FORMAT.md): name -> (lstm dim, projection dim, highway layers).
+OFFICIAL_MODELS = {
+    "small": (1024, 128, 1),
+    "medium": (2048, 256, 1),
+    "original": (4096, 512, 2),
+}
+
+
+class CheckpointError(ValueError):
+    """An original checkpoint that cannot be converted; the message names the file and what is wrong."""
+
+
+def official_options(name: str) -> dict[str, Any]:
+    """`options.json` contents of an official English model (`small`, `medium` or `original`)."""
+    lstm_dim, projection_dim, n_highway = OFFICIAL_MODELS[name]
+    return {
+        "lstm": {"dim": lstm_dim, "projection_dim": projection_dim, "n_layers": 2, "cell_clip": 3,
+                 "proj_clip": 3, "use_skip_connections": True},
+        "char_cnn": {"activation": "relu", "filters": OFFICIAL_CHAR_FILTERS, "n_highway": n_highway,
+                     "embedding": {"dim": 16}, "n_characters": 262, "max_characters_per_token": 50},
+    }
+
+
+def read_options(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check an `options.json`; extra training keys are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: options file not found")
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not a JSON options file ({error})") from None
+    check_options(options, str(path))
+    return options
+
+
+def check_options(options: Any, source: str = "options") -> None:
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(options).__name__}")
+    for section, keys in REQUIRED_OPTIONS.items():
+        if not isinstance(options.get(section), dict):
+            raise CheckpointError(f"{source}: missing section {section!r}")
+        for key in keys:
+            if key not in options[section]:
+                raise CheckpointError(f"{source}: missing key {section}.{key}")
+    if not isinstance(options["char_cnn"]["embedding"], dict) or "dim" not in options["char_cnn"]["embedding"]:
+        raise CheckpointError(f"{source}: missing key char_cnn.embedding.dim")
+
+
+def config_from_options(options: dict[str, Any], source: str = "options", **overrides: Any) -> ElmoConfig:
+    """The `ElmoConfig` of an `options.json`. Training options (`n_characters` 261) become inference ones (262)."""
+    check_options(options, source)
+    lstm, cnn = options["lstm"], options["char_cnn"]
+    try:
+        return ElmoConfig(
+            char_embedding_dim=int(cnn["embedding"]["dim"]),
+            char_filters=[[int(w), int(n)] for w, n in cnn["filters"]],
+            num_highway_layers=int(cnn["n_highway"]),
+            # The extra id is padding, added in front of the 261 stored rows.
+            num_characters=262 if int(cnn["n_characters"]) == 261 else int(cnn["n_characters"]),
+            max_characters_per_token=int(cnn["max_characters_per_token"]),
+            char_activation=cnn["activation"],
+            lstm_dim=int(lstm["dim"]),
+            projection_dim=int(lstm["projection_dim"]),
+            num_hidden_layers=int(lstm["n_layers"]),
+            cell_clip=None if lstm["cell_clip"] is None else float(lstm["cell_clip"]),
+            proj_clip=None if lstm["proj_clip"] is None else float(lstm["proj_clip"]),
+            use_skip_connections=bool(lstm["use_skip_connections"]),
+            **overrides,
+        )
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source}: invalid options ({error})") from None
+
+
+def _lstm_prefix(direction: int, layer: int) -> str:
+    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+
+
+def expected_datasets(config: ElmoConfig) -> dict[str, tuple[int, ...]]:
+    """Every dataset of the weights hdf5 with its shape, in the official layout."""
+    d, f = config.char_embedding_dim, config.num_char_filters
+    shapes: dict[str, tuple[int, ...]] = {"char_embed": (config.num_characters - 1, d)}
+    for i, (width, n) in enumerate(config.char_filters):
+        shapes[f"CNN/W_cnn_{i}"] = (1, width, d, n)
+        shapes[f"CNN/b_cnn_{i}"] = (n,)
+    for k in range(config.num_highway_layers):
+        for kind in ("carry", "transform"):
+            shapes[f"CNN_high_{k}/W_{kind}"] = (f, f)
+            shapes[f"CNN_high_{k}/b_{kind}"] = (f,)
+    if f != config.projection_dim:
+        shapes["CNN_proj/W_proj"] = (f, config.projection_dim)
+        shapes["CNN_proj/b_proj"] = (config.projection_dim,)
+    h, p = config.lstm_dim, config.projection_dim
+    for direction in (0, 1):
+        for layer in range(config.num_hidden_layers):
+            prefix = _lstm_prefix(direction, layer)
+            shapes[f"{prefix}/W_0"] = (p + p, 4 * h)
+            shapes[f"{prefix}/B"] = (4 * h,)
+            shapes[f"{prefix}/W_P_0"] = (h, p)
+    return shapes
+
+
+def _tf_to_torch_gates(matrix: np.ndarray) -> np.ndarray:
+    """Reorder the last (4H) axis from TensorFlow's (i, j, f, o) to PyTorch's (i, f, j, o)."""
+    i, j, f, o = np.split(matrix, 4, axis=-1)
+    return np.concatenate([i, f, j, o], axis=-1)
+
+
+def read_weights(weight_file: str | os.PathLike, config: ElmoConfig) -> dict[str, torch.Tensor]:
+    """Read an official weights hdf5 into an `ElmoModel` state dict (float32), checking every dataset's shape."""
+    import h5py
+
+    path = Path(weight_file)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weight file not found")
+    if not h5py.is_hdf5(path):
+        raise CheckpointError(f"{path}: not an HDF5 file")
+    expected = expected_datasets(config)
+    arrays: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as hdf5:
+        for name, shape in expected.items():
+            if name not in hdf5 or not isinstance(hdf5[name], h5py.Dataset):
+                raise CheckpointError(f"{path}: missing dataset {name!r} (expected shape {shape})")
+            if tuple(hdf5[name].shape) != shape:
+                raise CheckpointError(
+                    f"{path}: dataset {name!r} has shape {tuple(hdf5[name].shape)}, expected {shape} "
+                    f"from the options"
+                )
+            arrays[name] = np.asarray(hdf5[name][...], dtype=np.float32)
+    return _state_dict_from_arrays(arrays, config)
+
+
+def _state_dict_from_arrays(arrays: dict[str, np.ndarray], config: ElmoConfig) -> dict[str, torch.Tensor]:
+    state: dict[str, np.ndarray] = {}
+    char_embed = arrays["char_embed"]
+    state["char_encoder.char_embedding.weight"] = np.concatenate(
+        [np.zeros((1, char_embed.shape[1]), np.float32), char_embed]
+    )
+    for i in range(len(config.char_filters)):
+        # TF (1, width, in, out) -> torch Conv1d (out, in, width)
+        state[f"char_encoder.convolutions.{i}.weight"] = arrays[f"CNN/W_cnn_{i}"][0].transpose(2, 1, 0)
+        state[f"char_encoder.convolutions.{i}.bias"] = arrays[f"CNN/b_cnn_{i}"]
+    for k in range(config.num_highway_layers):
+        for kind in ("carry", "transform"):
+            state[f"char_encoder.highways.{k}.{kind}.weight"] = arrays[f"CNN_high_{k}/W_{kind}"].T
+            state[f"char_encoder.highways.{k}.{kind}.bias"] = arrays[f"CNN_high_{k}/b_{kind}"]
+    if "CNN_proj/W_proj" in arrays:
+        state["char_encoder.projection.weight"] = arrays["CNN_proj/W_proj"].T
+        state["char_encoder.projection.bias"] = arrays["CNN_proj/b_proj"]
+    p = config.projection_dim
+    for layer in range(config.num_hidden_layers):
+        per_direction: dict[str, list[np.ndarray]] = {"input": [], "recurrent": [], "bias": [], "proj": []}
+        for direction in (0, 1):
+            prefix = _lstm_prefix(direction, layer)
+            kernel = _tf_to_torch_gates(arrays[f"{prefix}/W_0"])  # rows: [input (P), previous output (P)]
+            bias = _tf_to_torch_gates(arrays[f"{prefix}/B"]).copy()
+            h = bias.shape[0] // 4
+            bias[h : 2 * h] += TF_FORGET_BIAS  # TensorFlow adds it at run time
+            per_direction["input"].append(kernel[:p])
+            per_direction["recurrent"].append(kernel[p:])
+            per_direction["bias"].append(bias[None, :])
+            per_direction["proj"].append(arrays[f"{prefix}/W_P_0"])
+        prefix = f"encoder.layers.{layer}"
+        state[f"{prefix}.input_weight"] = np.stack(per_direction["input"])
+        state[f"{prefix}.recurrent_weight"] = np.stack(per_direction["recurrent"])
+        state[f"{prefix}.bias"] = np.stack(per_direction["bias"])
+        state[f"{prefix}.projection_weight"] = np.stack(per_direction["proj"])
+    n_layers = config.num_hidden_layers + 1
+    fixed = config.scalar_mix_parameters
+    state["scalar_mix.scalar_parameters"] = np.asarray(fixed if fixed is not None else [0.0] * n_layers, np.float32)
+    state["scalar_mix.gamma"] = np.ones(1, np.float32)
+    return {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in state.items()}
+
+
+def options_from_config(config: ElmoConfig) -> dict[str, Any]:
+    """The inference `options.json` contents describing `config`."""
+    return {
+        "lstm": {"dim": config.lstm_dim, "projection_dim": config.projection_dim,
+                 "n_layers": config.num_hidden_layers, "cell_clip": config.cell_clip,
+                 "proj_clip": config.proj_clip, "use_skip_connections": config.use_skip_connections},
+        "char_cnn": {"activation": config.char_activation, "filters": config.char_filters,
+                     "n_highway": config.num_highway_layers, "embedding": {"dim": config.char_embedding_dim},
+                     "n_characters": config.num_characters,
+                     "max_characters_per_token": config.max_characters_per_token},
+    }
+
+
+def write_random_checkpoint(
+    options: dict[str, Any], directory: str | os.PathLike, seed: int = 0, scale: float = 0.1
+) -> tuple[Path, Path]:
+    """
+    Write `options.json` and `weights.hdf5` with random weights in the official dataset layout and shapes
+    (for tests and benchmarks: no real release can be downloaded here). Returns both paths.
+    """
+    import h5py
+
+    config = config_from_options(options)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    options_path, weights_path = directory / "options.json", directory / "weights.hdf5"
+    options_path.write_text(json.dumps(options), encoding="utf-8")
+    with h5py.File(weights_path, "w") as hdf5:
+        for name, shape in expected_datasets(config).items():
+            hdf5.create_dataset(name, data=(rng.standard_normal(shape, dtype=np.float32) * scale))
+    return options_path, weights_path
+
+
+__all__ = [
+    "CheckpointError",
+    "OFFICIAL_MODELS",
+    "config_from_options",
+    "expected_datasets",
+    "official_options",
+    "options_from_config",
+    "read_options",
+    "read_weights",
+    "write_random_checkpoint",
+]

@@ -1,0 +1,313 @@
+"""ELMo tokenizer: text -> words (Moses, as ELMo's training data) -> 50 character ids per word.
+
+The character ids are exactly allennlp's `ELMoTokenCharactersIndexer` / bilm-tf's `Batcher`: a word's UTF-8
+bytes (undecodable parts dropped, cut to `max_characters_per_token - 2`) between begin- and end-of-word
+markers, padded, every id shifted by +1 so that 0 means "no character" and a padding word is all zeros.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+from transformers import BatchEncoding, PreTrainedTokenizer
+import numpy as np
+from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.utils import PaddingStrategy, TensorType
+
+# Character ids before the +1 shift (bilm-tf's UnicodeCharsVocabulary).
+BEGIN_OF_SENTENCE_CHAR = 256
+END_OF_SENTENCE_CHAR = 257
+BEGIN_OF_WORD_CHAR = 258
+END_OF_WORD_CHAR = 259
+PADDING_CHAR = 260
+
+BOS_WORD = "<S>"
+EOS_WORD = "</S>"
+PAD_TOKEN = "<pad>"
+
+
+@lru_cache(maxsize=2**16)
+def word_to_char_ids(word: str, max_characters_per_token: int = 50) -> tuple[int, ...]:
+    """The `max_characters_per_token` shifted character ids of one word, as allennlp computes them."""
+    if word == BOS_WORD:
+        body = [BEGIN_OF_SENTENCE_CHAR]
+    elif word == EOS_WORD:
+        body = [END_OF_SENTENCE_CHAR]
+    else:
+        # "ignore" drops lone surrogates, the only str content UTF-8 cannot encode.
+        body = list(word.encode("utf-8", "ignore")[: max_characters_per_token - 2])
+    ids = [BEGIN_OF_WORD_CHAR, *body, END_OF_WORD_CHAR]
+    ids += [PADDING_CHAR] * (max_characters_per_token - len(ids))
+    return tuple(i + 1 for i in ids)
+
+
+def char_ids_to_word(char_ids: Sequence[int]) -> str | None:
+    """Inverse of `word_to_char_ids` (up to truncation); `None` for a padding word (all zeros)."""
+    raw = [int(i) - 1 for i in char_ids]
+    if all(i == -1 for i in raw):
+        return None
+    if BEGIN_OF_SENTENCE_CHAR in raw[1:2]:
+        return BOS_WORD
+    if END_OF_SENTENCE_CHAR in raw[1:2]:
+        return EOS_WORD
+    data = bytes(i for i in raw if 0 <= i < 256)
+    return data.decode("utf-8", "ignore")
+
+
+class ElmoBatchEncoding(BatchEncoding):
+    """A `BatchEncoding` whose positions are words, so it can answer `word_ids` / `tokens` without a fast tokenizer."""
+
+    def __init__(self, data: dict[str, Any], words: list[list[str]], widths: list[int], is_batched: bool,
+                 tensor_type=None):
+        self._words = words
+        self._widths = widths  # positions per row, padding included
+        super().__init__(data, tensor_type=tensor_type, prepend_batch_axis=not is_batched and tensor_type is not None)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "words": self._words, "widths": self._widths}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._words = state.get("words", [])
+        self._widths = state.get("widths", [])
+
+    def _row_width(self, batch_index: int) -> int:
+        return self._widths[batch_index]
+
+    def tokens(self, batch_index: int = 0) -> list[str | None]:
+        """The words of row `batch_index`, `None` at padding positions."""
+        words = self._words[batch_index]
+        return list(words) + [None] * (self._row_width(batch_index) - len(words))
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Position -> word index: position i is word i; padding positions map to `None`."""
+        n_words = len(self._words[batch_index])
+        return list(range(n_words)) + [None] * (self._row_width(batch_index) - n_words)
+
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int:
+        if token_index is None:
+            batch_or_token_index, token_index = 0, batch_or_token_index
+        word = self.word_ids(batch_or_token_index)[token_index]
+        if word is None:
+            raise IndexError(f"position {token_index} of row {batch_or_token_index} is padding")
+        return word
+
+
+class ElmoTokenizer(PreTrainedTokenizer):
+    r"""
+    Turns raw text or pre-split words into ELMo character ids.
+
+    `input_ids` has shape `(batch, words, max_characters_per_token)` (int64) and one position per word; the
+    model adds `<S>` / `</S>` itself. Raw text is split with the Moses tokenizer (sacremoses), the tokenizer
+    the One Billion Word Benchmark was made with; words given with `is_split_into_words=True` are kept as they are.
+
+    Args:
+        max_characters_per_token: Character slots per word (50 for every released model).
+        moses_language: Language of the Moses word-splitting rules.
+    """
+
+    vocab_files_names: dict[str, str] = {}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, max_characters_per_token: int = 50, moses_language: str = "en", **kwargs):
+        if max_characters_per_token < 3:
+            raise ValueError(f"max_characters_per_token must be at least 3, got {max_characters_per_token}")
+        self.max_characters_per_token = max_characters_per_token
+        self.moses_language = moses_language
+        self._moses = None
+        kwargs.setdefault("bos_token", BOS_WORD)
+        kwargs.setdefault("eos_token", EOS_WORD)
+        kwargs.setdefault("pad_token", PAD_TOKEN)
+        kwargs.setdefault("model_max_length", 10**9)
+        super().__init__(max_characters_per_token=max_characters_per_token, moses_language=moses_language, **kwargs)
+
+    # The "vocabulary" is the character id space: id 0 is the padding (word), so `pad_token_id == 0` and
+    # anything that pads `input_ids` with `pad_token_id` produces all-zero padding words.
+    @property
+    def vocab_size(self) -> int:
+        return PADDING_CHAR + 2
+
+    def get_vocab(self) -> dict[str, int]:
+        return {PAD_TOKEN: 0, BOS_WORD: BEGIN_OF_SENTENCE_CHAR + 1, EOS_WORD: END_OF_SENTENCE_CHAR + 1}
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.get_vocab().get(token, 0)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return {v: k for k, v in self.get_vocab().items()}.get(index, PAD_TOKEN)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        return ()  # nothing to save: the character ids are fixed
+
+    # ----------------------------------------------------------------------------------------------- words
+    def split_words(self, text: str) -> list[str]:
+        """Split raw text into words with the Moses tokenizer (`wasn't` -> `wasn 't`, `U.S.` kept)."""
+        return [word for word, _ in self._split_with_offsets(text)]
+
+    def _split_with_offsets(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        if self._moses is None:
+            from sacremoses import MosesTokenizer
+
+            self._moses = MosesTokenizer(lang=self.moses_language)
+        words = self._moses.tokenize(text, escape=False)
+        # Moses only inserts spaces and drops control characters, so every word is found in order in the text.
+        result, cursor = [], 0
+        for word in words:
+            start = text.find(word, cursor)
+            if start < 0:  # defensive: a rewritten word gets an empty span where it would have been
+                start = cursor
+                span = (start, start)
+            else:
+                span = (start, start + len(word))
+                cursor = span[1]
+            result.append((word, span))
+        return result
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return self.split_words(text)
+
+    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
+        """Character ids `(len(words), max_characters_per_token)` of already split words."""
+        return [list(word_to_char_ids(w, self.max_characters_per_token)) for w in words]
+
+    # -------------------------------------------------------------------------------------------- encoding
+    def _encode_plus(
+        self,
+        text,
+        text_pair=None,
+        add_special_tokens: bool = True,
+        padding_strategy: PaddingStrategy = PaddingStrategy.DO_NOT_PAD,
+        truncation_strategy=None,
+        max_length: int | None = None,
+        stride: int = 0,
+        is_split_into_words: bool = False,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | TensorType | None = None,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
+        verbose: bool = True,
+        **kwargs,
+    ) -> ElmoBatchEncoding:
+        if text_pair is not None:
+            raise ValueError("ElmoTokenizer encodes single sentences; text pairs are not supported")
+        if return_overflowing_tokens:
+            raise ValueError("ElmoTokenizer does not support return_overflowing_tokens")
+        if (padding_side or self.padding_side) != "right":
+            raise ValueError("ElmoTokenizer pads on the right only: the biLM reads each sentence from its first word")
+        is_batched, sentences = self._normalize_input(text, is_split_into_words)
+
+        rows_words: list[list[str]] = []
+        rows_offsets: list[list[tuple[int, int]]] = []
+        for sentence in sentences:
+            if is_split_into_words:
+                words = list(sentence)
+                offsets = [(0, len(w)) for w in words]
+            else:
+                pairs = self._split_with_offsets(sentence)
+                words = [w for w, _ in pairs]
+                offsets = [s for _, s in pairs]
+            if truncation_strategy not in (None, TruncationStrategy.DO_NOT_TRUNCATE) and max_length is not None:
+                words, offsets = words[:max_length], offsets[:max_length]
+            rows_words.append(words)
+            rows_offsets.append(offsets)
+
+        lengths = [len(w) for w in rows_words]
+        if padding_strategy == PaddingStrategy.LONGEST:
+            target = max(lengths, default=0)
+        elif padding_strategy == PaddingStrategy.MAX_LENGTH:
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            target = max(max_length, *lengths) if lengths else max_length
+        else:
+            target = None
+        if target is not None and pad_to_multiple_of and target % pad_to_multiple_of:
+            target += pad_to_multiple_of - target % pad_to_multiple_of
+        if target is None:
+            if return_tensors is not None and len(set(lengths)) > 1:
+                raise ValueError("Sentences have different numbers of words; pass padding=True to batch them as tensors")
+            target = max(lengths, default=0)
+
+        # Built as numpy arrays so that empty sentences and batches keep their trailing dimensions.
+        batch = len(rows_words)
+        input_ids = np.zeros((batch, target, self.max_characters_per_token), dtype=np.int64)
+        attention_mask = np.zeros((batch, target), dtype=np.int64)
+        offset_mapping = np.zeros((batch, target, 2), dtype=np.int64)
+        for row, (words, offsets) in enumerate(zip(rows_words, rows_offsets)):
+            if words:
+                input_ids[row, : len(words)] = self.encode_words(words)
+                attention_mask[row, : len(words)] = 1
+                offset_mapping[row, : len(words)] = offsets
+        data: dict[str, Any] = {"input_ids": input_ids}
+        if return_attention_mask is not False:
+            data["attention_mask"] = attention_mask
+        if return_offsets_mapping:
+            data["offset_mapping"] = offset_mapping
+        if return_special_tokens_mask:
+            data["special_tokens_mask"] = 1 - attention_mask
+        if return_length:
+            data["length"] = np.array(lengths, dtype=np.int64)
+        if return_tensors is None:
+            # Python lists, each row trimmed to its own length unless padding was asked for.
+            padded = padding_strategy != PaddingStrategy.DO_NOT_PAD
+            data = {
+                key: value.tolist() if key == "length" else
+                [value[row].tolist() if padded else value[row, : lengths[row]].tolist() for row in range(batch)]
+                for key, value in data.items()
+            }
+        padded = return_tensors is not None or padding_strategy != PaddingStrategy.DO_NOT_PAD
+        widths = [target] * batch if padded else lengths
+        if not is_batched:
+            data = {key: value[0] for key, value in data.items()}
+        return ElmoBatchEncoding(data, rows_words, widths, is_batched, tensor_type=return_tensors)
+
+    @staticmethod
+    def _normalize_input(text: Any, is_split_into_words: bool) -> tuple[bool, list]:
+        """Validate the input; return (is_batched, list of sentences)."""
+
+        def check_words(words: Any, where: str) -> list[str]:
+            if isinstance(words, str) or not isinstance(words, (list, tuple)):
+                raise ValueError(f"{where}: expected a list of words (str), got {type(words).__name__}")
+            for j, w in enumerate(words):
+                if not isinstance(w, str):
+                    raise ValueError(f"{where}, word {j}: expected str, got {type(w).__name__} ({w!r:.50})")
+            return list(words)
+
+        if is_split_into_words:
+            if isinstance(text, (list, tuple)) and (len(text) == 0 or not isinstance(text[0], str)):
+                return True, [check_words(s, f"sentence {i}") for i, s in enumerate(text)]
+            return False, [check_words(text, "input")]
+        if isinstance(text, str):
+            return False, [text]
+        if isinstance(text, (list, tuple)):
+            for i, s in enumerate(text):
+                if not isinstance(s, str):
+                    hint = " (pass is_split_into_words=True for pre-split words)" if isinstance(s, (list, tuple)) else ""
+                    raise ValueError(f"text {i}: expected str, got {type(s).__name__}{hint}")
+            return True, list(text)
+        raise ValueError(f"expected str, list of str, or (with is_split_into_words=True) lists of words; "
+                         f"got {type(text).__name__}")
+
+    # -------------------------------------------------------------------------------------------- decoding
+    def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        """Words of one encoded sentence `(words, max_characters_per_token)`, joined by spaces; padding dropped."""
+        rows = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
+        if rows and isinstance(rows[0], int):
+            rows = [rows]
+        words = [char_ids_to_word(r) for r in rows]
+        keep = [w for w in words if w is not None and not (skip_special_tokens and w in (BOS_WORD, EOS_WORD))]
+        return " ".join(keep)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> list[str]:
+        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return " ".join(tokens)
+
+
+__all__ = ["ElmoTokenizer"]
