@@ -266,15 +266,25 @@ class ElmoScalarMix(nn.Module):
         super().__init__()
         n_layers = config.num_hidden_layers + 1
         fixed = config.scalar_mix_parameters
-        self.scalar_parameters = nn.Parameter(
-            torch.tensor(fixed if fixed is not None else [0.0] * n_layers), requires_grad=fixed is None
-        )
-        self.gamma = nn.Parameter(torch.ones(1), requires_grad=fixed is None)
+        self.scalar_parameters = nn.Parameter(torch.tensor(fixed if fixed is not None else [0.0] * n_layers))
+        self.gamma = nn.Parameter(torch.ones(1))
         self.do_layer_norm = config.do_layer_norm
+        # Fixed weights come from the config, so they hold even over a checkpoint that stored other values.
+        self.fixed_parameters = fixed
+        self.freeze_if_fixed()
+
+    def freeze_if_fixed(self) -> None:
+        if self.fixed_parameters is not None:
+            self.scalar_parameters.requires_grad_(False)
+            self.gamma.requires_grad_(False)
 
     def forward(self, layers: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """`layers`: tensors `(B, W, D)`; `mask`: `(B, W)` -> `(B, W, D)`."""
-        weights = torch.softmax(self.scalar_parameters.float(), dim=0).to(layers[0].dtype)
+        if self.fixed_parameters is not None:
+            scalars = torch.tensor(self.fixed_parameters, device=layers[0].device)
+        else:
+            scalars = self.scalar_parameters.float()
+        weights = torch.softmax(scalars, dim=0).to(layers[0].dtype)
         if self.do_layer_norm:
             mask = mask.to(layers[0].dtype)[..., None]
             n_values = (mask.sum() * layers[0].shape[-1]).clamp_min(1)
@@ -295,6 +305,19 @@ class ElmoPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _is_stateful = True
     _no_split_modules = ["ElmoBiLstm", "ElmoCharacterEncoder"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, restricted to safetensors: a pickled checkpoint is never loaded."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("ELMo checkpoints are loaded from safetensors only (use_safetensors=False refused)")
+        kwargs["use_safetensors"] = True
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if isinstance(module, ElmoScalarMix):
+                module.freeze_if_fixed()  # loading re-creates parameters trainable
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -396,6 +419,13 @@ class ElmoModel(ElmoPreTrainedModel):
         tokens[:, 1:-1][word_mask] = vectors[2:]
         tokens[rows, lengths + 1] = vectors[1]
 
+        if batch == 0:  # nothing to run: empty outputs of the right widths
+            empty = tokens.new_zeros(0, n_words, self.config.output_dim)
+            final_state = self._zero_state(0, tokens) if use_cache else None
+            hidden_states = (empty,) * (self.config.num_hidden_layers + 1) if output_hidden_states else None
+            if not return_dict:
+                return tuple(v for v in (empty, final_state, hidden_states) if v is not None)
+            return ElmoModelOutput(last_hidden_state=empty, state=final_state, hidden_states=hidden_states)
         layer_outputs, final_state = self.encoder(tokens, lengths + 2, state, return_state=use_cache)
         keep = word_mask[..., None].to(dtype)
         layers = [torch.cat([tokens, tokens], dim=-1)[:, 1:-1] * keep]
@@ -406,6 +436,11 @@ class ElmoModel(ElmoPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (mixed, final_state, hidden_states) if v is not None)
         return ElmoModelOutput(last_hidden_state=mixed, state=final_state, hidden_states=hidden_states)
+
+    def _zero_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        return (like.new_zeros(cfg.num_hidden_layers, 2, batch, cfg.projection_dim),
+                like.new_zeros(cfg.num_hidden_layers, 2, batch, cfg.lstm_dim))
 
     def _check_inputs(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None

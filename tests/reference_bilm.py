@@ -1,0 +1,76 @@
+"""An independent, deliberately plain NumPy biLM that reads the original hdf5 datasets directly.
+
+Written from the format facts (TensorFlow layout, gate order (i, j, f, o), forget bias added at run time,
+one sentence and one time step at a time), it shares no code with hf_elmo's weight mapping or model, so it
+checks both. It is trusted because it reproduces bilm-tf's own outputs on the fixture (test_parity.py).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from hf_elmo.tokenization_elmo import word_to_char_ids
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class ReferenceBiLM:
+    def __init__(self, options: dict, weight_file: str):
+        self.options = options
+        with h5py.File(weight_file, "r") as f:
+            self.w = {}
+            f.visititems(lambda name, obj: self.w.__setitem__(name, obj[...].astype(np.float64))
+                         if isinstance(obj, h5py.Dataset) else None)
+
+    def token_vector(self, word: str) -> np.ndarray:
+        cnn = self.options["char_cnn"]
+        ids = np.array(word_to_char_ids(word, cnn["max_characters_per_token"]))
+        table = np.concatenate([np.zeros((1, cnn["embedding"]["dim"])), self.w["char_embed"]])
+        chars = table[ids]  # (50, d)
+        pooled = []
+        for i, (width, _) in enumerate(cnn["filters"]):
+            kernel, bias = self.w[f"CNN/W_cnn_{i}"][0], self.w[f"CNN/b_cnn_{i}"]  # (width, d, n)
+            windows = [np.einsum("wd,wdn->n", chars[p : p + width], kernel) for p in range(len(ids) - width + 1)]
+            pooled.append(np.max(windows, axis=0) + bias)
+        x = np.concatenate(pooled)
+        x = np.tanh(x) if cnn["activation"] == "tanh" else np.maximum(x, 0)
+        for k in range(cnn["n_highway"]):
+            g = _sigmoid(x @ self.w[f"CNN_high_{k}/W_carry"] + self.w[f"CNN_high_{k}/b_carry"])
+            t = np.maximum(x @ self.w[f"CNN_high_{k}/W_transform"] + self.w[f"CNN_high_{k}/b_transform"], 0)
+            x = g * t + (1 - g) * x
+        if "CNN_proj/W_proj" in self.w:
+            x = x @ self.w["CNN_proj/W_proj"] + self.w["CNN_proj/b_proj"]
+        return x
+
+    def _cell(self, direction: int, layer: int, x: np.ndarray, r: np.ndarray, c: np.ndarray):
+        lstm = self.options["lstm"]
+        prefix = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+        z = np.concatenate([x, r]) @ self.w[f"{prefix}/W_0"] + self.w[f"{prefix}/B"]
+        i, j, f, o = np.split(z, 4)
+        c = _sigmoid(f + 1.0) * c + _sigmoid(i) * np.tanh(j)
+        c = np.clip(c, -lstm["cell_clip"], lstm["cell_clip"])
+        r = (_sigmoid(o) * np.tanh(c)) @ self.w[f"{prefix}/W_P_0"]
+        return np.clip(r, -lstm["proj_clip"], lstm["proj_clip"]), c
+
+    def layers(self, words: list[str]) -> np.ndarray:
+        """`(n_layers + 1, len(words), 2P)`: token layer repeated, then each layer [forward, backward]; zero state."""
+        lstm = self.options["lstm"]
+        tokens = np.stack([self.token_vector(w) for w in ["<S>", *words, "</S>"]])
+        n_steps, p, h = len(tokens), lstm["projection_dim"], lstm["dim"]
+        outputs = [np.concatenate([tokens, tokens], axis=1)]
+        per_direction = [tokens, tokens[::-1]]
+        for layer in range(lstm["n_layers"]):
+            new = []
+            for direction in (0, 1):
+                inputs = per_direction[direction]
+                r, c, out = np.zeros(p), np.zeros(h), []
+                for t in range(n_steps):
+                    r, c = self._cell(direction, layer, inputs[t], r, c)
+                    out.append(r + inputs[t] if lstm["use_skip_connections"] and layer > 0 else r)
+                new.append(np.stack(out))
+            per_direction = new
+            outputs.append(np.concatenate([new[0], new[1][::-1]], axis=1))
+        return np.stack(outputs)[:, 1:-1]
