@@ -1,0 +1,252 @@
+"""Conversion of original checkpoints: official shapes, training options, bad input, atomic output, cards, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from conftest import FIXTURE_OPTIONS, FIXTURE_VOCAB, FIXTURE_WEIGHTS, fixture_options
+from hf_elmo.cli import main as cli_main
+from hf_elmo.conversion import convert_original_checkpoint
+from hf_elmo.original_checkpoint import (
+    CheckpointError, config_from_options, official_options, read_weights, write_random_checkpoint,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = ["The cat sat on the mat .".split(), "Colorless green ideas sleep furiously".split()]
+# Parameters without the scalar mix (ELMO_FORMAT.md: Small 13.6M, Medium 28.0M, Original 93.6M).
+OFFICIAL_PARAMETERS = {"small": 13_593_312, "medium": 28_027_744, "original": 93_600_864}
+
+
+def outputs(folder: Path, **kwargs) -> torch.Tensor:
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    model = AutoModel.from_pretrained(folder, **kwargs).eval()
+    enc = tokenizer(TEXT, is_split_into_words=True, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return torch.stack(model(**enc, output_hidden_states=True).hidden_states)
+
+
+def official_round_trip(name: str, tmp_path: Path) -> None:
+    options_path, weights_path = write_random_checkpoint(official_options(name), tmp_path / "src", seed=0, scale=0.05)
+    folder = convert_original_checkpoint(options_path, weights_path, tmp_path / name)
+    model = AutoModel.from_pretrained(folder)
+    config = model.config
+    n_mix = config.num_hidden_layers + 2
+    assert sum(p.numel() for p in model.parameters()) - n_mix == OFFICIAL_PARAMETERS[name]
+    assert config.output_dim == 2 * official_options(name)["lstm"]["projection_dim"]
+    # hdf5 -> safetensors -> reload gives exactly the weights read from the hdf5
+    state = read_weights(weights_path, config_from_options(official_options(name)))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    first, second = outputs(folder), outputs(folder)
+    assert first.shape == (3, 2, 7, config.output_dim) and torch.equal(first, second)
+    assert (folder / "README.md").read_text().count(f"elmo_2x") > 0  # the official card was chosen
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "original"])
+def test_official_sizes_round_trip(tmp_path, name):
+    official_round_trip(name, tmp_path)
+
+
+def test_training_options_convert_like_release_options(tmp_path):
+    training = fixture_options()
+    training["char_cnn"]["n_characters"] = 261
+    training.update(bidirectional=True, dropout=0.1, n_tokens_vocab=100, unroll_steps=20, batch_size=128,
+                    n_epochs=10, all_clip_norm_val=10.0, n_negative_samples_batch=8192)
+    (tmp_path / "train_options.json").write_text(json.dumps(training))
+    from_training = convert_original_checkpoint(tmp_path / "train_options.json", FIXTURE_WEIGHTS, tmp_path / "a")
+    from_release = convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, tmp_path / "b")
+    assert AutoModel.from_pretrained(from_training).config.num_characters == 262
+    assert torch.equal(outputs(from_training), outputs(from_release))
+
+
+def corrupt(tmp_path: Path, edit) -> Path:
+    """A copy of the fixture weights with `edit(h5py.File)` applied."""
+    path = tmp_path / "weights.hdf5"
+    path.write_bytes(FIXTURE_WEIGHTS.read_bytes())
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _wrong_shape(f):
+    del f["CNN_proj/W_proj"]
+    f["CNN_proj/W_proj"] = np.zeros((124, 17), np.float32)
+
+
+@pytest.mark.parametrize(
+    "make_options, make_weights, message",
+    [
+        (lambda t: t / "nope.json", lambda t: FIXTURE_WEIGHTS, r"nope\.json: options file not found"),
+        (lambda t: FIXTURE_OPTIONS, lambda t: t / "nope.hdf5", r"nope\.hdf5: weight file not found"),
+        (lambda t: FIXTURE_OPTIONS, lambda t: FIXTURE_OPTIONS, r"options\.json: not an HDF5 file"),
+        (lambda t: FIXTURE_OPTIONS, lambda t: corrupt(t, lambda f: f.__delitem__("RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/B")),
+         r"weights\.hdf5: missing dataset 'RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/B' \(expected shape \(256,\)\)"),
+        (lambda t: FIXTURE_OPTIONS, lambda t: corrupt(t, _wrong_shape),
+         r"weights\.hdf5: dataset 'CNN_proj/W_proj' has shape \(124, 17\), expected \(124, 16\)"),
+    ],
+)
+def test_bad_files_give_one_clear_error_and_leave_the_output_alone(tmp_path, make_options, make_weights, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old checkpoint")
+    with pytest.raises(CheckpointError, match=message):
+        convert_original_checkpoint(make_options(tmp_path), make_weights(tmp_path), out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda o: o["lstm"].pop("proj_clip"), "missing key lstm.proj_clip"),
+        (lambda o: o.pop("char_cnn"), "missing section 'char_cnn'"),
+        (lambda o: o["lstm"].update(dim=65), r"'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0' has shape \(32, 256\), "
+                                             r"expected \(32, 260\)"),
+        (lambda o: o["char_cnn"].update(n_highway=3), r"missing dataset 'CNN_high_2/W_carry'"),
+        (lambda o: o["char_cnn"].update(activation="gelu"), "char_activation"),
+    ],
+)
+def test_bad_options(tmp_path, edit, message):
+    options = fixture_options()
+    edit(options)
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    with pytest.raises(CheckpointError, match=message):
+        convert_original_checkpoint(tmp_path / "options.json", FIXTURE_WEIGHTS, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_replaced_only_when_complete(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
+    (out / "stale.txt").write_text("from an earlier run")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    import hf_elmo.conversion as conversion
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(conversion, "model_card_text", crash)  # fails after the weights were written
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_folder_contents_and_generic_card(converted_fixture):
+    names = {p.name for p in converted_fixture.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "README.md", "modeling_elmo.py",
+            "configuration_elmo.py", "tokenization_elmo.py"} <= names
+    config = json.loads((converted_fixture / "config.json").read_text())
+    assert config["model_type"] == "elmo"
+    assert config["auto_map"] == {"AutoConfig": "configuration_elmo.ElmoConfig", "AutoModel": "modeling_elmo.ElmoModel"}
+    card = (converted_fixture / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: feature-extraction" in card
+    assert str(FIXTURE_OPTIONS) in card and '"projection_dim": 16' in card
+
+
+def test_official_card_detection():
+    from hf_elmo.conversion import official_model_card_name
+
+    config = config_from_options(official_options("original"))
+    assert official_model_card_name(config, ["x/elmo_2x4096_512_2048cnn_2xhighway_options.json"]) == "elmo-original"
+    assert official_model_card_name(config, ["x/elmo_2x4096_512_2048cnn_2xhighway_5.5B_options.json"]) == \
+        "elmo-original-5.5b"
+    assert official_model_card_name(config_from_options(official_options("small")), []) == "elmo-small"
+    assert official_model_card_name(config_from_options(fixture_options()), []) is None
+
+
+def test_converter_script_and_vocab_cache(tmp_path, converted_fixture):
+    out = tmp_path / "cached"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "conversion" / "convert_elmo_original_to_hf.py"), "--options-file",
+         str(FIXTURE_OPTIONS), "--weight-file", str(FIXTURE_WEIGHTS), "--output-dir", str(out),
+         "--vocab-file", str(FIXTURE_VOCAB)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    model = AutoModel.from_pretrained(out)
+    n_words = len(set(w.strip() for w in FIXTURE_VOCAB.read_text().splitlines() if w.strip()))
+    assert model.config.num_cached_words == n_words == model.char_encoder.cached_embeddings.shape[0]
+    assert torch.allclose(outputs(out), outputs(converted_fixture), atol=1e-6)
+
+
+def test_converter_script_reports_errors_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "conversion" / "convert_elmo_original_to_hf.py"), "--options-file",
+         str(tmp_path / "missing.json"), "--weight-file", str(FIXTURE_WEIGHTS), "--output-dir", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "missing.json: options file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dump_token_embeddings(tmp_path, converted_fixture):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("<S>\n</S>\nthe\ncat\nthe\n😀\n")
+    assert cli_main(["dump-token-embeddings", str(converted_fixture), str(vocab), str(tmp_path / "emb.hdf5")]) == 0
+    with h5py.File(tmp_path / "emb.hdf5", "r") as f:
+        embedding = f["embedding"][...]
+    assert embedding.dtype == np.float32 and embedding.shape == (6, 16)
+    assert np.array_equal(embedding[2], embedding[4])
+    model = AutoModel.from_pretrained(converted_fixture).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted_fixture)
+    enc = tokenizer([["the", "cat"]], is_split_into_words=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**enc, output_hidden_states=True)
+    assert np.allclose(embedding[2:4], out.hidden_states[0][0, :, :16].numpy(), atol=1e-6)
+    from reference_bilm import ReferenceBiLM
+
+    reference = ReferenceBiLM(fixture_options(), str(FIXTURE_WEIGHTS))
+    assert np.allclose(embedding[0], reference.token_vector("<S>"), atol=1e-5)
+    assert np.allclose(embedding[1], reference.token_vector("</S>"), atol=1e-5)
+
+
+REMOTE_SCRIPT = r"""
+import sys
+sys.modules["hf_elmo"] = None  # hf_elmo is not importable in this process
+try:
+    import hf_elmo
+    raise SystemExit("hf_elmo should not be importable")
+except ImportError:
+    pass
+import numpy as np, torch
+from transformers import AutoModel, AutoTokenizer
+folder = sys.argv[1]
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+enc = tokenizer([["The", "cat", "sat", "on", "the", "mat", "."], ["Colorless", "green", "ideas", "sleep", "furiously"]],
+                is_split_into_words=True, padding=True, return_tensors="pt")
+with torch.inference_mode():
+    np.save(sys.argv[2], torch.stack(model(**enc, output_hidden_states=True).hidden_states).numpy())
+"""
+
+
+def test_remote_code_without_hf_elmo(tmp_path, converted_fixture):
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(converted_fixture), str(tmp_path / "r.npy")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = np.load(tmp_path / "r.npy")
+    assert np.array_equal(remote, outputs(converted_fixture).numpy())
+
+
+def test_cli_help_lists_commands():
+    result = subprocess.run([sys.executable, "-m", "hf_elmo.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("convert", "dump-token-embeddings"):
+        assert command in result.stdout
