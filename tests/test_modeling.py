@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import AutoModel, AutoTokenizer
 
 from hf_elmo import ElmoConfig, ElmoModel
@@ -275,3 +277,17 @@ def test_config_validation():
         ElmoConfig(num_hidden_layers=2, scalar_mix_parameters=[1.0])
     with pytest.raises(ValueError, match="char_activation"):
         ElmoConfig(char_activation="gelu")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(), min_size=1, max_size=4))
+def test_any_unicode_text_gives_finite_vectors_of_the_right_shape(model_and_tokenizer, texts):
+    model, tokenizer = model_and_tokenizer
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**enc, output_hidden_states=True)
+    n_words = enc["attention_mask"].sum(1)
+    assert out.last_hidden_state.shape == (len(texts), enc["input_ids"].shape[1], 2 * model.config.projection_dim)
+    assert torch.isfinite(out.last_hidden_state).all()
+    for row, n in enumerate(n_words.tolist()):
+        assert torch.all(out.last_hidden_state[row, n:] == 0)

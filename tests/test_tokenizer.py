@@ -35,6 +35,9 @@ def test_moses_splitting_as_in_the_training_data(tokenizer):
         "I", "wasn", "'t", "there", ",", "Murray", "'s", "U.S.", "office", "said", "."]
     # The fixture's sentences are Moses output: splitting their detokenized-looking parts gives them back.
     assert tokenizer.split_words("Don't!") == ["Don", "'t", "!"]
+    # a lone surrogate survives splitting as a word of no characters (undecodable parts are dropped)
+    assert tokenizer.split_words("a\ud800 b") == ["a", "\ud800", "b"]
+    assert word_to_char_ids("\ud800")[:3] == (259, 260, 261)
 
 
 def test_raw_text_batch(tokenizer):
