@@ -153,3 +153,21 @@ def _shared_tokenizer() -> ElmoTokenizer:
     if not _TOKENIZER:
         _TOKENIZER.append(ElmoTokenizer())
     return _TOKENIZER[0]
+
+
+def test_pad_for_data_collators(tokenizer):
+    """`tokenizer.pad`, as DataCollatorWithPadding calls it on unpadded encodings, gives what padding=True gives."""
+    from transformers import DataCollatorWithPadding
+
+    texts = ["The cat sat on the mat.", "Hi", ""]
+    features = [tokenizer(t) for t in texts]
+    batch = DataCollatorWithPadding(tokenizer)(features)
+    direct = tokenizer(texts, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], direct["input_ids"])
+    assert torch.equal(batch["attention_mask"], direct["attention_mask"])
+    assert batch.word_ids(1) == direct.word_ids(1)
+    padded = tokenizer.pad({"input_ids": [f["input_ids"] for f in features]}, padding="max_length", max_length=9,
+                           return_tensors="pt")
+    assert padded["input_ids"].shape == (3, 9, 50)
+    with pytest.raises(ValueError, match=r"sentence 0: input_ids must be \(words, 50\)"):
+        tokenizer.pad([{"input_ids": [1, 2, 3]}])

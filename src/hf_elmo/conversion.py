@@ -100,6 +100,7 @@ def convert_original_checkpoint(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
+        _apply_default_permissions(staging)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         text = model_card_text(config, str(options_file), options, model_card)
@@ -109,6 +110,13 @@ def convert_original_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _apply_default_permissions(directory: Path) -> None:
+    """mkdtemp makes private (0700) folders; a checkpoint gets the permissions of any folder the user creates."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
 
 
 def _replace_directory(new: Path, target: Path) -> None:

@@ -135,7 +135,7 @@ class ElmoTokenizer(PreTrainedTokenizer):
         return self.get_vocab().get(token, 0)
 
     def _convert_id_to_token(self, index: int) -> str:
-        return {v: k for k, v in self.get_vocab().items()}.get(index, PAD_TOKEN)
+        return {i: token for token, i in self.get_vocab().items()}.get(index, PAD_TOKEN)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         return ()  # nothing to save: the character ids are fixed
@@ -292,6 +292,51 @@ class ElmoTokenizer(PreTrainedTokenizer):
             return True, list(text)
         raise ValueError(f"expected str, list of str, or (with is_split_into_words=True) lists of words; "
                          f"got {type(text).__name__}")
+
+    def pad(
+        self,
+        encoded_inputs,
+        padding: bool | str | PaddingStrategy = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | TensorType | None = None,
+        verbose: bool = True,
+    ) -> ElmoBatchEncoding:
+        """
+        Pad already encoded sentences (a list of encodings, or a dict of lists, as a `DataCollatorWithPadding`
+        passes them) to `(batch, words, max_characters_per_token)`, padding words being all zeros.
+        """
+        if (padding_side or self.padding_side) != "right":
+            raise ValueError("ElmoTokenizer pads on the right only: the biLM reads each sentence from its first word")
+        if isinstance(encoded_inputs, (list, tuple)):
+            rows = [np.asarray(e["input_ids"], dtype=np.int64) for e in encoded_inputs]
+        else:
+            rows = [np.asarray(r, dtype=np.int64) for r in encoded_inputs["input_ids"]]
+        c = self.max_characters_per_token
+        for i, row in enumerate(rows):
+            if row.size == 0:
+                rows[i] = row.reshape(0, c)
+            elif row.ndim != 2 or row.shape[1] != c:
+                raise ValueError(f"sentence {i}: input_ids must be (words, {c}) character ids, got shape {row.shape}")
+        lengths = [int((row != 0).any(axis=1).sum()) for row in rows]
+        strategy = PaddingStrategy(padding) if isinstance(padding, str) else (
+            padding if isinstance(padding, PaddingStrategy) else
+            PaddingStrategy.LONGEST if padding else PaddingStrategy.DO_NOT_PAD)
+        target = max((len(r) for r in rows), default=0)
+        if strategy == PaddingStrategy.MAX_LENGTH and max_length is not None:
+            target = max(target, max_length)
+        if pad_to_multiple_of and target % pad_to_multiple_of:
+            target += pad_to_multiple_of - target % pad_to_multiple_of
+        input_ids = np.zeros((len(rows), target, c), dtype=np.int64)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+        data: dict[str, Any] = {"input_ids": input_ids}
+        if return_attention_mask is not False:
+            data["attention_mask"] = (input_ids != 0).any(axis=2).astype(np.int64)
+        words = [[char_ids_to_word(ids) or "" for ids in row[:n]] for row, n in zip(rows, lengths)]
+        return ElmoBatchEncoding(data, words, [target] * len(rows), True, tensor_type=return_tensors)
 
     # -------------------------------------------------------------------------------------------- decoding
     def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
