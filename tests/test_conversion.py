@@ -248,5 +248,5 @@ def test_remote_code_without_hf_elmo(tmp_path, converted_fixture):
 def test_cli_help_lists_commands():
     result = subprocess.run([sys.executable, "-m", "hf_elmo.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("convert", "dump-token-embeddings"):
+    for command in ("convert", "embed", "dump-token-embeddings"):
         assert command in result.stdout

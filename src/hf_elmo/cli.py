@@ -9,6 +9,13 @@ from pathlib import Path
 from .original_checkpoint import CheckpointError
 
 
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as one line (no traceback): bad files or arguments, failed pushes or downloads."""
+    from .hub import HubPushError
+
+    return (CheckpointError, OSError, ValueError, HubPushError)
+
+
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hf-elmo convert` and of conversion/convert_elmo_original_to_hf.py."""
     from .conversion import MODEL_CARDS
@@ -20,6 +27,11 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-card", default="auto", choices=["auto", "generic", *MODEL_CARDS],
                         help="README.md to write: detected from the shapes by default")
     parser.add_argument("--cache-dir", type=Path, help="where URL downloads are cached (default ~/.cache/hf_elmo)")
+    hub = parser.add_argument_group("push to the Hub (after converting; HF_ENDPOINT and HF_TOKEN are honoured)")
+    hub.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the converted folder to this Hub repository")
+    hub.add_argument("--private", action="store_true", help="create the repository as private")
+    hub.add_argument("--revision", help="branch to commit to (created if missing; default main)")
+    hub.add_argument("--commit-message", help="message of the upload commit")
 
 
 def run_convert(args: argparse.Namespace) -> None:
@@ -31,6 +43,66 @@ def run_convert(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
     )
     print(f"wrote {out}")
+    if args.push_to_hub:
+        from .hub import push_checkpoint_folder
+
+        result = push_checkpoint_folder(out, args.push_to_hub, private=args.private, revision=args.revision,
+                                        commit_message=args.commit_message)
+        if result.changed:
+            print(f"pushed {out} to {result.repo_id}@{result.revision}: {result.commit_url}")
+        else:
+            print(f"{result.repo_id}@{result.revision} already holds this checkpoint: nothing to push "
+                  f"(commit {result.commit_oid})")
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    import torch
+
+    from .embed_file import embed_file
+    from .modeling_elmo import ElmoModel
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    model = ElmoModel.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    split_words = None
+    if args.raw_text:
+        from .tokenization_elmo import ElmoTokenizer
+
+        split_words = ElmoTokenizer.from_pretrained(args.model).split_words
+    summary = embed_file(
+        model, args.input_file, args.output_file, output_format=args.output_format, batch_size=args.batch_size,
+        use_sentence_keys=args.use_sentence_keys, forget_sentences=args.forget_sentences, split_words=split_words,
+        overwrite=args.overwrite,
+    )
+    resumed = f", resumed at line {summary.resumed_from_line}" if summary.resumed_from_line else ""
+    blank = f", {summary.blank_lines} blank" if summary.blank_lines else ""
+    print(f"wrote {summary.lines} sentences{blank} to {summary.output_file}{resumed}")
+
+
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `hf-elmo embed` (allennlp's `elmo` command)."""
+    from .embed_file import DEFAULT_BATCH_SIZE
+
+    parser.add_argument("model", help="checkpoint folder or Hub repo id")
+    parser.add_argument("input_file", type=Path, help="one sentence a line, words separated by whitespace")
+    parser.add_argument("output_file", type=Path, help="HDF5 file to write")
+    layers = parser.add_mutually_exclusive_group(required=True)
+    layers.add_argument("--all", dest="output_format", action="store_const", const="all",
+                        help="all layers: (n_layers + 1, n_words, D) per sentence")
+    layers.add_argument("--top", dest="output_format", action="store_const", const="top",
+                        help="the top biLSTM layer: (n_words, D)")
+    layers.add_argument("--average", dest="output_format", action="store_const", const="average",
+                        help="the average of all layers: (n_words, D)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="sentences per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="compute dtype (the file always stores float32)")
+    parser.add_argument("--use-sentence-keys", action="store_true",
+                        help="name datasets by sentence instead of line number")
+    parser.add_argument("--forget-sentences", action="store_true", help="do not store sentence_to_index")
+    parser.add_argument("--raw-text", action="store_true",
+                        help="lines are raw text: split them with the tokenizer's (Moses) word splitting")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over: discard an unfinished run and replace an existing output")
 
 
 def run_dump_token_embeddings(args: argparse.Namespace) -> None:
@@ -54,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)
 
+    embed = commands.add_parser(
+        "embed", help="embed a file of sentences into HDF5 (allennlp's elmo command; resumable)",
+        description="Embed one sentence per line into allennlp's `elmo` HDF5 layout. Killed and restarted with "
+        "the same arguments, it resumes where it stopped.",
+    )
+    add_embed_arguments(embed)
+    embed.set_defaults(run=run_embed)
+
     dump = commands.add_parser(
         "dump-token-embeddings", help="write context-free token vectors of a vocabulary (bilm-tf's dump_token_embeddings)"
     )
@@ -70,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CheckpointError, OSError, ValueError) as error:
+    except _known_errors() as error:
         print(f"hf-elmo {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
