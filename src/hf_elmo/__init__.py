@@ -8,6 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
 from .tokenization_elmo import ElmoTokenizer
+from .embedding_jobs import embed_dataset
+from .pipelines import ElmoFeatureExtractionPipeline, register_pipeline as _register_pipeline
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
 AutoModel.register(ElmoConfig, ElmoModel, exist_ok=True)
@@ -16,7 +18,9 @@ AutoTokenizer.register(ElmoConfig, tokenizer_class=ElmoTokenizer, exist_ok=True)
 ElmoConfig.register_for_auto_class()
 ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
+_register_pipeline()  # the "elmo-feature-extraction" task
 
 __version__ = "0.1.0"
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
+__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
