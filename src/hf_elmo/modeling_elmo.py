@@ -21,8 +21,9 @@ from .tokenization_elmo import BOS_WORD, EOS_WORD, word_to_char_ids
 # Words per character-CNN call: bounds the (words, filters, positions) activations (about 90 MB for the
 # widest official filter) while keeping the convolutions large enough to run at full speed.
 CNN_CHUNK_WORDS = 512
-# Time steps whose LSTM input projections are computed in one GEMM: bounds the (2, steps, B, 4H) buffer.
-LSTM_TIME_CHUNK = 16
+# Packed rows x time steps whose LSTM input projections are computed in one GEMM: bounds that (2, rows, 4H)
+# buffer (32 MB for Original) while keeping the GEMM large.
+LSTM_CHUNK_ROWS = 256
 
 
 @dataclass
@@ -90,11 +91,29 @@ class ElmoCharacterEncoder(nn.Module):
         self._cache_index_key: tuple | None = None
 
     def compute(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """Run the CNN on every row: `(N, C)` int64 -> `(N, P)`."""
-        outputs = [self._compute_chunk(chunk) for chunk in char_ids.split(CNN_CHUNK_WORDS)]
-        if not outputs:
+        """
+        Run the CNN on every row: `(N, C)` int64 -> `(N, P)`.
+
+        A word's characters end in a run of one repeated id (the padding), and every convolution window inside
+        that run gives the same value, so one such window stands for all of them: rows are sorted by where their
+        run starts and each chunk is cut to `min(C, longest + widest filter)` positions. The max over positions is
+        unchanged; the CNN's cost drops with the words' real length instead of `C`.
+        """
+        n_words, width = char_ids.shape
+        if n_words == 0:
             return self.char_embedding.weight.new_zeros(0, self.config.projection_dim)
-        return torch.cat(outputs)
+        widest = max(conv.kernel_size[0] for conv in self.convolutions)
+        positions = torch.arange(1, width + 1, device=char_ids.device)
+        used = ((char_ids != char_ids[:, -1:]) * positions).amax(dim=1)  # positions before the final run
+        used, order = torch.sort(used, stable=True)
+        out = None
+        for chunk_used, chunk_order in zip(used.split(CNN_CHUNK_WORDS), order.split(CNN_CHUNK_WORDS)):
+            keep = min(width, int(chunk_used[-1]) + widest)
+            vectors = self._compute_chunk(char_ids[chunk_order, :keep])
+            if out is None:
+                out = vectors.new_empty(n_words, vectors.shape[-1])
+            out[chunk_order] = vectors
+        return out
 
     def _compute_chunk(self, char_ids: torch.Tensor) -> torch.Tensor:
         embedded = self.char_embedding(char_ids).transpose(1, 2)  # (N, char_dim, C)
@@ -182,25 +201,28 @@ class ElmoBiLstm(nn.Module):
             lengths: `(B,)` int64 sequence lengths (boundaries included).
             initial_state: optional `(h, c)` of shapes `(L, 2, B, P)` / `(L, 2, B, H)`.
         Returns:
-            Per layer `(B, T, 2P)` outputs `[forward, backward]`, and the final `(h, c)` if `return_state`.
+            Per layer `(B, T, 2P)` outputs `[forward, backward]` (zero past each row's length), and the final
+            `(h, c)` if `return_state`.
+
+        The sentences are packed back to back into `R` rows of `S = max(lengths)` steps (first-fit decreasing),
+        each sentence starting from its own initial state, so the recurrence computes no padding and every step is
+        one `(2, R, P) x (2, P, 4H)` matmul whatever the spread of lengths.
         """
-        batch, steps, _ = inputs.shape
-        reverse_index = _reverse_within_length_index(lengths, steps)  # (T, B)
-        time_major = inputs.transpose(0, 1)  # (T, B, P)
-        # (2, T, B, P): the forward sequence and the per-row reversed one.
-        x = torch.stack([time_major, _gather_time(time_major, reverse_index)])
-        is_last_step = None
-        if return_state:
-            is_last_step = torch.arange(steps, device=inputs.device)[:, None] == (lengths - 1)[None, :]  # (T, B)
+        batch, steps, dim = inputs.shape
+        plan = _PackingPlan(lengths, steps)
+        # (S, 2, R, P): the forward stream and the per-sentence reversed one.
+        flat = torch.cat([inputs.reshape(batch * steps, dim), inputs.new_zeros(1, dim)])
+        x = flat.index_select(0, plan.source_index).view(plan.steps, 2, plan.rows, dim)
         outputs, final_h, final_c = [], [], []
         for depth, layer in enumerate(self.layers):
             state = None if initial_state is None else (initial_state[0][depth], initial_state[1][depth])
-            y, (h, c) = self._run_layer(layer, x, state, is_last_step)
+            y, final = self._run_layer(layer, x, plan, state, return_state)
             if self.config.use_skip_connections and depth > 0:
                 y = y + x  # outside the recurrence, as TensorFlow's ResidualWrapper
-            outputs.append(torch.cat([y[0], _gather_time(y[1], reverse_index)], dim=-1).transpose(0, 1))
-            final_h.append(h)
-            final_c.append(c)
+            outputs.append(plan.unpack(y, batch, steps))
+            if return_state:
+                final_h.append(final[0])
+                final_c.append(final[1])
             x = y
         final = (torch.stack(final_h), torch.stack(final_c)) if return_state else None
         return outputs, final
@@ -209,51 +231,177 @@ class ElmoBiLstm(nn.Module):
         self,
         layer: ElmoLstmLayer,
         x: torch.Tensor,
+        plan: _PackingPlan,
         state: tuple[torch.Tensor, torch.Tensor] | None,
-        is_last_step: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """`x`: `(2, T, B, In)` -> outputs `(2, T, B, P)` and the state after each row's last step."""
-        _, steps, batch, in_dim = x.shape
-        lstm_dim = layer.projection_weight.shape[1]
+        return_state: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """`x`: packed `(S, 2, R, In)` -> packed outputs `(S, 2, R, P)` and each sentence's final `(h, c)`."""
+        steps, _, rows, in_dim = x.shape
+        lstm_dim, proj_dim = layer.projection_weight.shape[1:]
+        dtype = x.dtype
+        input_weight, recurrent_weight = layer.input_weight.to(dtype), layer.recurrent_weight.to(dtype)
+        bias, projection_weight = layer.bias.to(dtype), layer.projection_weight.to(dtype)
+        batch = plan.batch
         if state is None:
-            h = x.new_zeros(2, batch, layer.projection_weight.shape[2])
-            c = x.new_zeros(2, batch, lstm_dim)
+            init_h = init_c = None
         else:
-            h, c = state[0].to(x.dtype), state[1].to(x.dtype)
-        final_h, final_c = h, c
-        output = x.new_empty(2, steps, batch, layer.projection_weight.shape[2])
+            init_h, init_c = state[0].to(dtype), state[1].to(dtype)
+        h = x.new_zeros(2, rows, proj_dim)
+        c = x.new_zeros(2, rows, lstm_dim)
+        final_h = final_c = None
+        if return_state and init_h is not None:  # (an empty sentence keeps its initial state)
+            final_h, final_c = init_h.clone(), init_c.clone()
+        elif return_state:
+            final_h, final_c = x.new_zeros(2, batch, proj_dim), x.new_zeros(2, batch, lstm_dim)
+        weights = (input_weight, recurrent_weight, bias, projection_weight)
+        if torch.is_grad_enabled():
+            return self._run_layer_autograd(weights, x, plan, (init_h, init_c), (h, c), (final_h, final_c))
+        output = x.new_empty(steps, 2, rows, proj_dim)
+        gates = x.new_empty(2, rows, 4 * lstm_dim)
+        cell_out = x.new_empty(2, rows, lstm_dim)
+        chunk = max(1, min(steps, LSTM_CHUNK_ROWS // rows))
+        pre_buffer = x.new_empty(2 * chunk * rows * 4 * lstm_dim)
         cell_clip, proj_clip = self.config.cell_clip, self.config.proj_clip
-        for start in range(0, steps, LSTM_TIME_CHUNK):
-            stop = min(start + LSTM_TIME_CHUNK, steps)
-            # Input contributions of a block of steps in one GEMM: (2, k * B, 4H).
-            block = x[:, start:stop].reshape(2, (stop - start) * batch, in_dim)
-            pre_gates = torch.baddbmm(layer.bias, block, layer.input_weight).view(2, stop - start, batch, -1)
+        i_f, candidate, o = slice(0, 2 * lstm_dim), slice(2 * lstm_dim, 3 * lstm_dim), slice(3 * lstm_dim, None)
+        for start in range(0, steps, chunk):
+            stop = min(start + chunk, steps)
+            n = (stop - start) * rows
+            # Input contributions of a block of steps in one GEMM: (2, k * R, 4H).
+            block = x[start:stop].transpose(0, 1).reshape(2, n, in_dim)
+            pre = pre_buffer[: 2 * n * 4 * lstm_dim].view(2, n, 4 * lstm_dim)
+            torch.baddbmm(bias, block, input_weight, out=pre)
+            pre = pre.view(2, stop - start, rows, 4 * lstm_dim)
             for step in range(start, stop):
-                gates = torch.baddbmm(pre_gates[:, step - start], h, layer.recurrent_weight)
-                input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
-                c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+                starting = plan.starts.get(step)
+                if starting is not None:  # sentences beginning here start from their own initial state
+                    row_index, sentence_index = starting
+                    if init_h is None:
+                        h.index_fill_(1, row_index, 0.0)
+                        c.index_fill_(1, row_index, 0.0)
+                    else:
+                        h.index_copy_(1, row_index, init_h.index_select(1, sentence_index))
+                        c.index_copy_(1, row_index, init_c.index_select(1, sentence_index))
+                torch.baddbmm(pre[:, step - start], h, recurrent_weight, out=gates)
+                gates[..., i_f].sigmoid_()
+                gates[..., o].sigmoid_()
+                cand = gates[..., candidate].tanh_()
+                c.mul_(gates[..., lstm_dim : 2 * lstm_dim]).addcmul_(gates[..., :lstm_dim], cand)
                 if cell_clip is not None:
-                    c = c.clamp(-cell_clip, cell_clip)
-                h = torch.bmm(torch.sigmoid(output_gate) * torch.tanh(c), layer.projection_weight)
+                    c.clamp_(-cell_clip, cell_clip)
+                torch.tanh(c, out=cell_out).mul_(gates[..., o])
+                h = output[step]
+                torch.bmm(cell_out, projection_weight, out=h)
                 if proj_clip is not None:
-                    h = h.clamp(-proj_clip, proj_clip)
-                output[:, step] = h
-                if is_last_step is not None:
-                    last = is_last_step[step][None, :, None]
-                    final_h = torch.where(last, h, final_h)
-                    final_c = torch.where(last, c, final_c)
-        return output, (final_h, final_c)
+                    h.clamp_(-proj_clip, proj_clip)
+                if return_state:
+                    ending = plan.ends.get(step)
+                    if ending is not None:
+                        row_index, sentence_index = ending
+                        final_h.index_copy_(1, sentence_index, h.index_select(1, row_index))
+                        final_c.index_copy_(1, sentence_index, c.index_select(1, row_index))
+                if step + 1 in plan.starts:
+                    h = h.clone()  # about to be reset in places: keep the output intact
+        return output, ((final_h, final_c) if return_state else None)
+
+    def _run_layer_autograd(self, weights, x, plan, initial, state, final):
+        """`_run_layer` without `out=` or in-place updates, for training: the same steps, recorded by autograd."""
+        input_weight, recurrent_weight, bias, projection_weight = weights
+        (init_h, init_c), (h, c), (final_h, final_c) = initial, state, final
+        steps, _, rows, in_dim = x.shape
+        cell_clip, proj_clip = self.config.cell_clip, self.config.proj_clip
+        pre = torch.baddbmm(bias, x.transpose(0, 1).reshape(2, steps * rows, in_dim), input_weight)
+        pre = pre.view(2, steps, rows, -1)
+        outputs = []
+        for step in range(steps):
+            starting = plan.starts.get(step)
+            if starting is not None:
+                row_index, sentence_index = starting
+                if init_h is None:
+                    h, c = h.index_fill(1, row_index, 0.0), c.index_fill(1, row_index, 0.0)
+                else:
+                    h = h.index_copy(1, row_index, init_h.index_select(1, sentence_index))
+                    c = c.index_copy(1, row_index, init_c.index_select(1, sentence_index))
+            input_gate, forget_gate, candidate, output_gate = torch.baddbmm(
+                pre[:, step], h, recurrent_weight).chunk(4, dim=-1)
+            c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+            if cell_clip is not None:
+                c = c.clamp(-cell_clip, cell_clip)
+            h = torch.bmm(torch.sigmoid(output_gate) * torch.tanh(c), projection_weight)
+            if proj_clip is not None:
+                h = h.clamp(-proj_clip, proj_clip)
+            outputs.append(h)
+            ending = plan.ends.get(step) if final_h is not None else None
+            if ending is not None:
+                row_index, sentence_index = ending
+                final_h = final_h.index_copy(1, sentence_index, h.index_select(1, row_index))
+                final_c = final_c.index_copy(1, sentence_index, c.index_select(1, row_index))
+        final = (final_h, final_c) if final_h is not None else None
+        return torch.stack(outputs), final
 
 
-def _reverse_within_length_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """`(T, B)` index that reverses each column's first `lengths[b]` steps and leaves the rest in place."""
-    t = torch.arange(steps, device=lengths.device)[:, None]
-    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+class _PackingPlan:
+    """
+    Where each sentence sits when a batch is packed into rows: sentence b occupies steps
+    `offset[b] .. offset[b] + length[b] - 1` of row `row[b]` in both streams, the backward stream holding it reversed.
+    """
 
+    def __init__(self, lengths: torch.Tensor, max_steps: int):
+        device = lengths.device
+        length_list = [int(n) for n in lengths.tolist()]
+        batch = len(length_list)
+        capacity = max(length_list, default=0)
+        # First-fit decreasing into rows of `capacity` steps.
+        order = sorted(range(batch), key=lambda b: -length_list[b])
+        fill: list[int] = []
+        row, offset = [0] * batch, [0] * batch
+        for b in order:
+            n = length_list[b]
+            for r, used in enumerate(fill):
+                if used + n <= capacity:
+                    break
+            else:
+                r = len(fill)
+                fill.append(0)
+            row[b], offset[b] = r, fill[r]
+            fill[r] += n
+        self.batch, self.rows, self.steps = batch, max(len(fill), 1), max(capacity, 1)
+        self.starts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        starts: dict[int, list[tuple[int, int]]] = {}
+        ends: dict[int, list[tuple[int, int]]] = {}
+        for b in range(batch):
+            if length_list[b] == 0:
+                continue
+            starts.setdefault(offset[b], []).append((row[b], b))
+            ends.setdefault(offset[b] + length_list[b] - 1, []).append((row[b], b))
+        for events, target in ((starts, self.starts), (ends, self.ends)):
+            for step, pairs in events.items():
+                rows_, sentences = zip(*pairs)
+                target[step] = (torch.tensor(rows_, device=device), torch.tensor(sentences, device=device))
+        # Packed slot (s, d, r) <- token row of the flattened (B * T, P) inputs, or the zero row B * T.
+        rows_t = torch.tensor(row, device=device, dtype=torch.long)
+        offsets_t = torch.tensor(offset, device=device, dtype=torch.long)
+        lengths_t = torch.tensor(length_list, device=device, dtype=torch.long)
+        t = torch.arange(max_steps, device=device)
+        valid = t[None, :] < lengths_t[:, None]  # (B, T)
+        step_of = offsets_t[:, None] + t[None, :]  # packed step of (b, t) in the forward stream
+        reversed_step = offsets_t[:, None] + lengths_t[:, None] - 1 - t[None, :]  # ... in the backward stream
+        token = torch.arange(batch, device=device)[:, None] * max_steps + t[None, :]
+        source = torch.full((self.steps, 2, self.rows), batch * max_steps, dtype=torch.long, device=device)
+        r = rows_t[:, None].expand(-1, max_steps)
+        source[step_of[valid], 0, r[valid]] = token[valid]
+        source[reversed_step[valid], 1, r[valid]] = token[valid]
+        self.source_index = source.view(-1)
+        # Output (b, t) <- packed flat rows of (S * 2 * R, P): forward and backward halves; padding reads row 0.
+        self.valid = valid
+        self.forward_index = torch.where(valid, (step_of * 2) * self.rows + r, 0)
+        self.backward_index = torch.where(valid, (reversed_step * 2 + 1) * self.rows + r, 0)
 
-def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`x[index[t, b], b]` for time-major `x` of shape `(T, B, D)`."""
-    return x.gather(0, index[:, :, None].expand(-1, -1, x.shape[-1]))
+    def unpack(self, packed: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+        """Packed `(S, 2, R, P)` -> `(B, T, 2P)` `[forward, backward]`, zero at padding."""
+        flat = packed.reshape(-1, packed.shape[-1])
+        both = torch.cat([flat[self.forward_index], flat[self.backward_index]], dim=-1)
+        return both.masked_fill_(~self.valid[..., None], 0.0)
 
 
 class ElmoScalarMix(nn.Module):
@@ -430,7 +578,8 @@ class ElmoModel(ElmoPreTrainedModel):
         keep = word_mask[..., None].to(dtype)
         layers = [torch.cat([tokens, tokens], dim=-1)[:, 1:-1] * keep]
         layers += [out[:, 1:-1] * keep for out in layer_outputs]
-        mixed = self.dropout(self.scalar_mix(layers, word_mask))
+        # Masked again: with do_layer_norm the mix of zero padding is -mean/std, not zero.
+        mixed = self.dropout(self.scalar_mix(layers, word_mask) * keep)
 
         hidden_states = tuple(layers) if output_hidden_states else None
         if not return_dict:

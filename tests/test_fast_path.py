@@ -1,0 +1,220 @@
+"""The fast paths (packed biLSTM, length-cut character CNN) against straightforward implementations, within 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_elmo import modeling_elmo
+from hf_elmo.configuration_elmo import ElmoConfig
+from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder, ElmoModel
+from hf_elmo.tokenization_elmo import word_to_char_ids
+
+ATOL = 1e-5
+
+
+def tiny_config(**overrides) -> ElmoConfig:
+    values = dict(char_embedding_dim=4, char_filters=[[1, 4], [2, 8], [3, 16], [5, 32], [7, 8]], num_highway_layers=2,
+                  lstm_dim=24, projection_dim=8, num_hidden_layers=2, mix_dropout=0.0)
+    values.update(overrides)
+    return ElmoConfig(**values)
+
+
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+# ---------------------------------------------------------------------------------------------------------- biLSTM
+
+
+def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
+    """One sentence and one direction at a time, one step at a time, in float64."""
+    cfg = encoder.config
+    batch, steps, _ = inputs.shape
+    n_layers = len(encoder.layers)
+    outputs = [torch.zeros(batch, steps, 2 * cfg.projection_dim, dtype=torch.float64) for _ in range(n_layers)]
+    final_h = torch.zeros(n_layers, 2, batch, cfg.projection_dim, dtype=torch.float64)
+    final_c = torch.zeros(n_layers, 2, batch, cfg.lstm_dim, dtype=torch.float64)
+    for b in range(batch):
+        n = int(lengths[b])
+        for direction in (0, 1):
+            x = inputs[b, :n].double()
+            if direction == 1:
+                x = x.flip(0)
+            for depth, layer in enumerate(encoder.layers):
+                w_in, w_rec = layer.input_weight[direction].double(), layer.recurrent_weight[direction].double()
+                bias, w_proj = layer.bias[direction, 0].double(), layer.projection_weight[direction].double()
+                if initial_state is None:
+                    h = torch.zeros(cfg.projection_dim, dtype=torch.float64)
+                    c = torch.zeros(cfg.lstm_dim, dtype=torch.float64)
+                else:
+                    h = initial_state[0][depth, direction, b].double()
+                    c = initial_state[1][depth, direction, b].double()
+                ys = []
+                for t in range(n):
+                    i, f, j, o = (x[t] @ w_in + h @ w_rec + bias).chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(j)
+                    if cfg.cell_clip is not None:
+                        c = c.clamp(-cfg.cell_clip, cfg.cell_clip)
+                    h = (torch.sigmoid(o) * torch.tanh(c)) @ w_proj
+                    if cfg.proj_clip is not None:
+                        h = h.clamp(-cfg.proj_clip, cfg.proj_clip)
+                    ys.append(h)
+                y = torch.stack(ys) if ys else x.new_zeros(0, cfg.projection_dim)
+                if cfg.use_skip_connections and depth > 0:
+                    y = y + x
+                final_h[depth, direction, b], final_c[depth, direction, b] = h, c  # the initial state if n == 0
+                half = slice(0, cfg.projection_dim) if direction == 0 else slice(cfg.projection_dim, None)
+                outputs[depth][b, :n, half] = y if direction == 0 else y.flip(0)
+                x = y
+    return outputs, (final_h, final_c)
+
+
+@pytest.mark.parametrize(
+    "lengths, skip, clip, with_state",
+    [
+        ([7, 3, 12, 1, 5, 12, 2, 9], True, 3.0, False),
+        ([7, 3, 12, 1, 5, 12, 2, 9], False, None, True),
+        ([4, 4, 4], True, 0.5, True),
+        ([30], True, 3.0, True),
+        ([2, 9, 3, 8, 4, 7, 5, 6, 11, 1, 1, 2], True, 3.0, True),
+        ([3, 0, 5], True, 3.0, True),  # an empty row keeps its initial state
+    ],
+)
+def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, monkeypatch):
+    # Small row chunks so the tests also cross the input-projection chunk boundaries.
+    monkeypatch.setattr(modeling_elmo, "LSTM_CHUNK_ROWS", 7)
+    cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=len(lengths))
+    generator = torch.Generator().manual_seed(1)
+    batch, steps = len(lengths), max(lengths) + 2  # trailing padding beyond the longest row too
+    inputs = torch.randn(batch, steps, cfg.projection_dim, generator=generator)
+    lengths_t = torch.tensor(lengths)
+    state = None
+    if with_state:
+        state = (torch.randn(cfg.num_hidden_layers, 2, batch, cfg.projection_dim, generator=generator),
+                 torch.randn(cfg.num_hidden_layers, 2, batch, cfg.lstm_dim, generator=generator))
+    with torch.inference_mode():
+        outputs, final = encoder(inputs, lengths_t, state, return_state=True)
+    expected, expected_final = reference_bilstm(encoder, inputs, lengths_t, state)
+    for actual, wanted in zip(outputs, expected):
+        assert actual.shape == wanted.shape
+        assert torch.allclose(actual.double(), wanted, atol=ATOL), (actual.double() - wanted).abs().max()
+    for actual, wanted in zip(final, expected_final):
+        assert torch.allclose(actual.double(), wanted, atol=ATOL), (actual.double() - wanted).abs().max()
+
+
+def test_packed_bilstm_does_not_touch_the_callers_state():
+    cfg = tiny_config()
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=5)
+    state = (torch.randn(2, 2, 3, cfg.projection_dim), torch.randn(2, 2, 3, cfg.lstm_dim))
+    copies = (state[0].clone(), state[1].clone())
+    with torch.inference_mode():
+        encoder(torch.randn(3, 6, cfg.projection_dim), torch.tensor([6, 2, 4]), state, return_state=True)
+    assert torch.equal(state[0], copies[0]) and torch.equal(state[1], copies[1])
+
+
+# ---------------------------------------------------------------------------------------------------------- CNN
+
+
+def reference_char_cnn(encoder: ElmoCharacterEncoder, char_ids: torch.Tensor) -> torch.Tensor:
+    """Every word at all `max_characters_per_token` positions, in float64."""
+    embedded = F.embedding(char_ids, encoder.char_embedding.weight.double()).transpose(1, 2)
+    pooled = [F.conv1d(embedded, conv.weight.double(), conv.bias.double()).amax(-1) for conv in encoder.convolutions]
+    x = torch.cat(pooled, -1)
+    x = torch.tanh(x) if encoder.config.char_activation == "tanh" else torch.relu(x)
+    for highway in encoder.highways:
+        gate = torch.sigmoid(F.linear(x, highway.carry.weight.double(), highway.carry.bias.double()))
+        x = gate * torch.relu(F.linear(x, highway.transform.weight.double(), highway.transform.bias.double())) + (
+            1 - gate) * x
+    if encoder.projection is not None:
+        x = F.linear(x, encoder.projection.weight.double(), encoder.projection.bias.double())
+    return x
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_length_cut_char_cnn_matches_full_width(activation, monkeypatch):
+    monkeypatch.setattr(modeling_elmo, "CNN_CHUNK_WORDS", 5)  # several chunks of different cut lengths
+    cfg = tiny_config(char_activation=activation)
+    encoder = ElmoCharacterEncoder(cfg)
+    randomize(encoder, seed=2, scale=0.25)
+    c = cfg.max_characters_per_token
+    words = ["a", "the", "ELMo", "x" * 48, "y" * 60, "<S>", "</S>", "naïve", "😀", "mid-length", "z" * 43]
+    rows = [list(word_to_char_ids(w, c)) for w in words]
+    generator = torch.Generator().manual_seed(3)
+    rows.append(torch.randint(1, cfg.num_characters, (c,), generator=generator).tolist())  # no trailing run
+    rows.append([7] * c)  # a single run: every window is the same
+    rows.append([5, 6] + [9] * (c - 2))  # a trailing run of an id other than padding
+    rows.append([5] * 10 + [6] + [5] * (c - 11))
+    char_ids = torch.tensor(rows)
+    with torch.inference_mode():
+        actual = encoder.compute(char_ids)
+    with torch.no_grad():
+        expected = reference_char_cnn(encoder, char_ids)
+    assert expected.abs().max() > 1  # not a trivially small output
+    assert torch.allclose(actual.double(), expected, atol=ATOL, rtol=ATOL), (actual.double() - expected).abs().max()
+    # The pooled maximum really comes from the padding run for some filters, so a cut one window short fails.
+    with torch.no_grad():
+        embedded = F.embedding(char_ids[:1], encoder.char_embedding.weight).transpose(1, 2)
+        full = encoder.convolutions[-1](embedded)[0]
+    n_real = 3  # BOW, 'a', EOW: windows starting at 0..2 touch them, the rest see padding only
+    assert (full[:, n_real:].amax(-1) > full[:, :n_real].amax(-1)).any()
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+def test_batch_outputs_equal_each_sentence_alone():
+    """Packing sentences into shared rows must not leak anything between them."""
+    cfg = tiny_config()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the character CNN keeps its initialisation from the global generator
+        model = ElmoModel(cfg).eval()
+    randomize(model.encoder, seed=7, scale=0.25)
+    generator = torch.Generator().manual_seed(4)
+    lengths = [5, 1, 9, 3, 9, 2, 4]
+    words = [[f"w{int(torch.randint(0, 15, (1,), generator=generator))}" for _ in range(n)] for n in lengths]
+    c = cfg.max_characters_per_token
+
+    def encode(batch):
+        ids = torch.zeros(len(batch), max(len(s) for s in batch), c, dtype=torch.long)
+        for i, sentence in enumerate(batch):
+            for j, w in enumerate(sentence):
+                ids[i, j] = torch.tensor(word_to_char_ids(w, c))
+        return ids
+
+    with torch.inference_mode():
+        together = model(encode(words), output_hidden_states=True, use_cache=True)
+        for i, sentence in enumerate(words):
+            alone = model(encode([sentence]), output_hidden_states=True, use_cache=True)
+            for layer_together, layer_alone in zip(together.hidden_states, alone.hidden_states):
+                assert torch.allclose(layer_together[i, : len(sentence)], layer_alone[0], atol=ATOL)
+                assert not layer_together[i, len(sentence):].any()
+            for part_together, part_alone in zip(together.state, alone.state):
+                assert torch.allclose(part_together[:, :, i], part_alone[:, :, 0], atol=ATOL)
+
+
+def test_training_path_matches_and_has_gradients():
+    """With autograd on, the layer runs without `out=` / in-place updates: same numbers, and gradients flow."""
+    cfg = tiny_config()
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=11)
+    generator = torch.Generator().manual_seed(12)
+    inputs = torch.randn(4, 9, cfg.projection_dim, generator=generator)
+    lengths = torch.tensor([9, 2, 5, 7])
+    state = (torch.randn(2, 2, 4, cfg.projection_dim, generator=generator),
+             torch.randn(2, 2, 4, cfg.lstm_dim, generator=generator))
+    with torch.inference_mode():
+        fast, fast_final = encoder(inputs, lengths, state, return_state=True)
+    trained, trained_final = encoder(inputs.requires_grad_(), lengths, state, return_state=True)
+    for a, b in zip(list(fast) + list(fast_final), list(trained) + list(trained_final)):
+        assert torch.allclose(a, b.detach(), atol=ATOL)
+    (trained[-1].sum() + trained_final[1].sum()).backward()
+    assert inputs.grad is not None and inputs.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
