@@ -576,8 +576,10 @@ class ElmoModel(ElmoPreTrainedModel):
             return ElmoModelOutput(last_hidden_state=empty, state=final_state, hidden_states=hidden_states)
         layer_outputs, final_state = self.encoder(tokens, lengths + 2, state, return_state=use_cache)
         keep = word_mask[..., None].to(dtype)
-        layers = [torch.cat([tokens, tokens], dim=-1)[:, 1:-1] * keep]
-        layers += [out[:, 1:-1] * keep for out in layer_outputs]
+        words = slice(1, n_words + 1)  # drop <S> (and </S>, which falls on a padding position or past the end)
+        layers = [torch.cat([tokens[:, words], tokens[:, words]], dim=-1).mul_(keep)]
+        # The encoder's outputs are fresh tensors: mask them in place rather than holding masked copies too.
+        layers += [out[:, words].mul_(keep) for out in layer_outputs]
         # Masked again: with do_layer_norm the mix of zero padding is -mean/std, not zero.
         mixed = self.dropout(self.scalar_mix(layers, word_mask) * keep)
 
