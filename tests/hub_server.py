@@ -62,7 +62,26 @@ class Repo:
         return oid
 
 
-class FakeHub:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port), serving while used as a context manager; `url` is its root."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+class FakeHub(LoopbackServer):
     """The server and its state: `repos`, `lfs_objects`, `requests` (method, path, Authorization) and `fail`."""
 
     def __init__(self) -> None:
@@ -72,19 +91,7 @@ class FakeHub:
         # step name -> (status, message): "create", "preupload", "lfs_batch", "lfs_put", "commit", "resolve"
         self.fail: dict[str, tuple[int, str]] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> "FakeHub":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(_make_handler(self))
 
     def commit_count(self, repo_id: str) -> int:
         return len(self.repos[repo_id].commits)

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURE_OPTIONS, FIXTURE_WEIGHTS
+from hub_server import LoopbackServer
 
 from hf_elmo import download
 from hf_elmo.cli import main as cli_main
 from hf_elmo.download import resolve_file
 
 
-class FileServer:
+class FileServer(LoopbackServer):
     """Serves `files` on 127.0.0.1 with Range support; `drops[path] = n` cuts the next n responses in half."""
 
     def __init__(self, files: dict[str, bytes], honour_range: bool = True) -> None:
@@ -55,19 +55,7 @@ class FileServer:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> "FileServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 RELEASE = {
