@@ -176,8 +176,9 @@ class ElmoBiLstm(nn.Module):
     The stacked bidirectional LSTM. The forward and backward directions are separate stacks (bilm-tf's
     `RNN_0` and `RNN_1`): layer l of a direction reads layer l - 1 of the same direction.
 
-    The backward direction runs on each sentence reversed within its own length, so both directions see
-    left-aligned sequences, step together, and a row's final state is simply its state at step `length - 1`.
+    The backward direction reads each sentence reversed, so both directions step forward together; the
+    sentences of a batch are packed back to back into rows (`_PackingPlan`), each starting from its own initial
+    state, and each sentence's final state is taken at its own last step.
     """
 
     def __init__(self, config: ElmoConfig):
@@ -407,7 +408,8 @@ class _PackingPlan:
 class ElmoScalarMix(nn.Module):
     """
     allennlp's `ScalarMix`: `gamma * sum_k softmax(s)_k * layer_k`, optionally layer-normalising each layer over
-    its unpadded positions first. Fixed `scalar_mix_parameters` from the config are not trained.
+    its unpadded positions first. Fixed `scalar_mix_parameters` from the config are not trained. Expects layers
+    that are zero at padding, and keeps them so.
     """
 
     def __init__(self, config: ElmoConfig):
@@ -440,7 +442,8 @@ class ElmoScalarMix(nn.Module):
             for layer in layers:
                 mean = (layer * mask).sum() / n_values
                 variance = (((layer - mean) * mask) ** 2).sum() / n_values
-                normed.append((layer - mean) / torch.sqrt(variance + 1e-13))
+                # Masked so padding stays zero (allennlp leaves -mean/std there).
+                normed.append((layer - mean) / torch.sqrt(variance + 1e-13) * mask)
             layers = normed
         mixed = sum(w * layer for w, layer in zip(weights, layers))
         return self.gamma.to(mixed.dtype) * mixed
@@ -580,8 +583,7 @@ class ElmoModel(ElmoPreTrainedModel):
         layers = [torch.cat([tokens[:, words], tokens[:, words]], dim=-1).mul_(keep)]
         # The encoder's outputs are fresh tensors: mask them in place rather than holding masked copies too.
         layers += [out[:, words].mul_(keep) for out in layer_outputs]
-        # Masked again: with do_layer_norm the mix of zero padding is -mean/std, not zero.
-        mixed = self.dropout(self.scalar_mix(layers, word_mask) * keep)
+        mixed = self.dropout(self.scalar_mix(layers, word_mask))
 
         hidden_states = tuple(layers) if output_hidden_states else None
         if not return_dict:
