@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from .tokenization_elmo import word_to_char_ids
+from .embedding_jobs import model_fingerprint
+from .tokenization_elmo import ElmoTokenizer
 
 if TYPE_CHECKING:
     from .modeling_elmo import ElmoModel
@@ -143,7 +144,7 @@ def embed_file(
         "format_version": FORMAT_VERSION,
         "input_sha256": input_digest,
         "input_lines": n_lines,
-        "model_sha256": _model_digest(model),
+        "model_fingerprint": model_fingerprint(model),
         "dtype": str(model.dtype),
         "output_format": output_format,
         "use_sentence_keys": use_sentence_keys,
@@ -214,15 +215,6 @@ def _scan_input(input_file: Path, use_sentence_keys: bool) -> tuple[int, int, st
     except UnicodeDecodeError as error:
         raise EmbedError(f"{input_file}: line {n + 1} is not UTF-8 ({error.reason})") from None
     return n, blank, digest.hexdigest()
-
-
-def _model_digest(model: "ElmoModel") -> str:
-    """sha256 of the config and every weight, so a resumed run is known to use the same model."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _callable_name(function: Callable | None) -> str:
@@ -317,27 +309,15 @@ def _batches(lines: Iterator[str], size: int, start: int) -> Iterator[list[str]]
 
 
 @torch.inference_mode()
-def _embed_batch(model: "ElmoModel", sentences: list[list[str]], output_format: str) -> list[np.ndarray]:
+def _embed_batch(model: "ElmoModel", tokenizer: ElmoTokenizer, sentences: list[list[str]],
+                 output_format: str) -> list[np.ndarray]:
     """float32 arrays, one per sentence: `(layers, n, D)` for "all", `(n, D)` otherwise (blank: n = 0)."""
-    config = model.config
-    n_layers, dim = config.num_hidden_layers + 1, config.output_dim
-    width = max((len(s) for s in sentences), default=0)
-    c = config.max_characters_per_token
+    enc = tokenizer(sentences, is_split_into_words=True, padding=True, return_tensors="pt").to(model.device)
+    out = model(**enc, output_hidden_states=True)
+    stacked = torch.stack(out.hidden_states).float().cpu().numpy()  # (layers, B, W, D)
     results: list[np.ndarray] = []
-    rows = [i for i, s in enumerate(sentences) if s]
-    stacked = None
-    if rows:
-        ids = np.zeros((len(rows), width, c), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            ids[r, : len(sentences[i])] = [word_to_char_ids(w, c) for w in sentences[i]]
-            mask[r, : len(sentences[i])] = 1
-        out = model(input_ids=torch.from_numpy(ids).to(model.device), attention_mask=torch.from_numpy(mask).to(model.device),
-                    output_hidden_states=True)
-        stacked = torch.stack(out.hidden_states).float().cpu().numpy()  # (layers, rows, width, D)
-    where = {i: r for r, i in enumerate(rows)}
     for i, words in enumerate(sentences):
-        layers = stacked[:, where[i], : len(words)] if words else np.zeros((n_layers, 0, dim), dtype=np.float32)
+        layers = stacked[:, i, : len(words)]
         if output_format == "top":
             array = layers[-1]
         elif output_format == "average":
@@ -362,6 +342,7 @@ def _embed_lines(
     """Embed the lines after `manifest["lines_done"]`, committing the manifest after every batch."""
     from tqdm.auto import tqdm
 
+    tokenizer = ElmoTokenizer(max_characters_per_token=model.config.max_characters_per_token)
     blank = 0
     start = manifest["lines_done"]
     last_sync = time.monotonic()
@@ -378,7 +359,7 @@ def _embed_lines(
                     if blank <= MAX_BLANK_LINE_WARNINGS:
                         logger.warning(f"{input_file}: line {line_number + offset} is blank; stored as an empty "
                                        "entry")
-            arrays = _embed_batch(model, sentences, output_format)
+            arrays = _embed_batch(model, tokenizer, sentences, output_format)
             counts = np.array([len(s) for s in sentences], dtype="<i8")
             for array in arrays:
                 vectors.write(array.astype("<f4", copy=False).tobytes())
