@@ -55,6 +55,20 @@ def char_ids_to_word(char_ids: Sequence[int]) -> str | None:
     return data.decode("utf-8", "ignore")
 
 
+def _padded_width(
+    lengths: list[int], strategy: PaddingStrategy, max_length: int | None, pad_to_multiple_of: int | None
+) -> int:
+    """Words per row of a batch: the longest sentence, at least `max_length` for MAX_LENGTH, rounded up when padding."""
+    width = max(lengths, default=0)
+    if strategy == PaddingStrategy.MAX_LENGTH:
+        if max_length is None:
+            raise ValueError("padding='max_length' needs max_length")
+        width = max(width, max_length)
+    if strategy != PaddingStrategy.DO_NOT_PAD and pad_to_multiple_of and width % pad_to_multiple_of:
+        width += pad_to_multiple_of - width % pad_to_multiple_of
+    return width
+
+
 class ElmoBatchEncoding(BatchEncoding):
     """A `BatchEncoding` whose positions are words, so it can answer `word_ids` / `tokens` without a fast tokenizer."""
 
@@ -218,20 +232,9 @@ class ElmoTokenizer(PreTrainedTokenizer):
             rows_offsets.append(offsets)
 
         lengths = [len(w) for w in rows_words]
-        if padding_strategy == PaddingStrategy.LONGEST:
-            target = max(lengths, default=0)
-        elif padding_strategy == PaddingStrategy.MAX_LENGTH:
-            if max_length is None:
-                raise ValueError("padding='max_length' needs max_length")
-            target = max(max_length, *lengths) if lengths else max_length
-        else:
-            target = None
-        if target is not None and pad_to_multiple_of and target % pad_to_multiple_of:
-            target += pad_to_multiple_of - target % pad_to_multiple_of
-        if target is None:
-            if return_tensors is not None and len(set(lengths)) > 1:
-                raise ValueError("Sentences have different numbers of words; pass padding=True to batch them as tensors")
-            target = max(lengths, default=0)
+        if padding_strategy == PaddingStrategy.DO_NOT_PAD and return_tensors is not None and len(set(lengths)) > 1:
+            raise ValueError("Sentences have different numbers of words; pass padding=True to batch them as tensors")
+        target = _padded_width(lengths, padding_strategy, max_length, pad_to_multiple_of)
 
         # Built as numpy arrays so that empty sentences and batches keep their trailing dimensions.
         batch = len(rows_words)
@@ -321,14 +324,11 @@ class ElmoTokenizer(PreTrainedTokenizer):
             elif row.ndim != 2 or row.shape[1] != c:
                 raise ValueError(f"sentence {i}: input_ids must be (words, {c}) character ids, got shape {row.shape}")
         lengths = [int((row != 0).any(axis=1).sum()) for row in rows]
-        strategy = PaddingStrategy(padding) if isinstance(padding, str) else (
-            padding if isinstance(padding, PaddingStrategy) else
-            PaddingStrategy.LONGEST if padding else PaddingStrategy.DO_NOT_PAD)
-        target = max((len(r) for r in rows), default=0)
-        if strategy == PaddingStrategy.MAX_LENGTH and max_length is not None:
-            target = max(target, max_length)
-        if pad_to_multiple_of and target % pad_to_multiple_of:
-            target += pad_to_multiple_of - target % pad_to_multiple_of
+        # A batch must be rectangular: anything but an explicit max_length pads to the longest sentence.
+        requested = PaddingStrategy(padding) if isinstance(padding, str) else padding
+        strategy = PaddingStrategy.MAX_LENGTH if requested == PaddingStrategy.MAX_LENGTH and max_length is not None \
+            else PaddingStrategy.LONGEST
+        target = _padded_width([len(r) for r in rows], strategy, max_length, pad_to_multiple_of)
         input_ids = np.zeros((len(rows), target, c), dtype=np.int64)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = row
