@@ -161,7 +161,7 @@ def output_feature(config: Any, representation: Representation = "mix", pooling:
     from datasets import Array2D, Array3D, List, Value
 
     check_options(representation, pooling)
-    dim = 2 * config.projection_dim
+    dim = config.output_dim
     n_layers = config.num_hidden_layers + 1
     if pooling is None:
         if representation == "all":
