@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -184,7 +185,7 @@ class _HfRunner:
 
         self.tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
         start = time.perf_counter()
-        self.model = AutoModel.from_pretrained(args.model_dir).eval()
+        self.model = AutoModel.from_pretrained(args.model_dir, prepack_cpu_weights=not args.no_prepack).eval()
         self.load_s = time.perf_counter() - start
 
     def prepare(self, sentences):
@@ -249,7 +250,7 @@ def long_sentence_worker(args) -> None:
 
     sentence = make_sentences(1, seed=1, length=args.long_sentence)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModel.from_pretrained(args.model_dir).eval()
+    model = AutoModel.from_pretrained(args.model_dir, prepack_cpu_weights=not args.no_prepack).eval()
     enc = tokenizer(sentence, is_split_into_words=True, return_tensors="pt")
     base = _peak_rss_mb()
     start = time.perf_counter()
@@ -286,12 +287,22 @@ def ensure_checkpoint(name: str) -> tuple[Path, Path, Path]:
     from hf_elmo.conversion import convert_original_checkpoint
     from hf_elmo.original_checkpoint import official_options, write_random_checkpoint
 
-    source, converted = CACHE / name / f"original-scale{WEIGHT_SCALE[name]:.4g}", CACHE / name / f"hf-scale{WEIGHT_SCALE[name]:.4g}"
+    import hashlib
+
+    from hf_elmo import modeling_elmo, original_checkpoint
+
+    scale = f"scale{WEIGHT_SCALE[name]:.4g}"
+    source = CACHE / name / f"original-{scale}"
+    # Reconverted whenever the weight mapping or the model code changes.
+    code = "".join(Path(module.__file__).read_text() for module in (original_checkpoint, modeling_elmo))
+    converted = CACHE / name / f"hf-{scale}-{hashlib.sha256(code.encode()).hexdigest()[:10]}"
     options, weights = source / "options.json", source / "weights.hdf5"
     if not weights.exists():
         print(f"writing a random {name} checkpoint ...", flush=True)
         write_random_checkpoint(official_options(name), source, seed=0, scale=WEIGHT_SCALE[name])
     if not (converted / "config.json").exists():
+        for stale in (CACHE / name).glob(f"hf-{scale}*"):
+            shutil.rmtree(stale)
         convert_original_checkpoint(options, weights, converted)
     return options, weights, converted
 
@@ -305,6 +316,8 @@ def run_worker(impl: str, name: str, batch_size: int, args, dump: Path | None = 
                "--min-batches", str(args.min_batches)]
     if dump is not None:
         command += ["--dump", str(dump)]
+    if args.no_prepack:
+        command.append("--no-prepack")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(HERE))
@@ -338,6 +351,8 @@ def main() -> None:
     parser.add_argument("--long-sentence-model", default="original", choices=MODELS,
                         help="model for the long sentence (Original takes about 5 minutes on 2 cores)")
     parser.add_argument("--skip-allennlp", action="store_true", help="hf-elmo only (no ratio)")
+    parser.add_argument("--no-prepack", action="store_true",
+                        help="hf-elmo with prepack_cpu_weights=False (less memory, slower)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     # worker-only arguments
     parser.add_argument("--worker", choices=["hf", "allennlp", "long"], help=argparse.SUPPRESS)
@@ -410,6 +425,8 @@ def main() -> None:
         _, _, converted = ensure_checkpoint(args.long_sentence_model)
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "long", "--model-dir", str(converted),
                    "--long-sentence", str(args.long_sentence), "--threads", str(args.threads)]
+        if args.no_prepack:
+            command.append("--no-prepack")
         proc = subprocess.run(command, capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -28,6 +28,34 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
+# ---------------------------------------------------------------------------------------------------------- matmul
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_inference_linear_uses_onednn_on_cpu_and_matches_f_linear(monkeypatch):
+    assert modeling_elmo._onednn_linear_works()
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    class CountingOps:
+        @staticmethod
+        def _linear_pointwise(*args):
+            calls.append(args[0].shape)
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", CountingOps)
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((28, 64), (256, 64), (256,)))
+    with torch.inference_mode():
+        fast = modeling_elmo.inference_linear(x, weight, bias)
+        assert calls == [(28, 64)]
+        assert torch.allclose(fast, F.linear(x, weight, bias), atol=1e-5)
+        modeling_elmo.inference_linear(x.double(), weight.double())  # other dtypes take F.linear
+        modeling_elmo.inference_linear(x.t().contiguous().t(), weight)  # so do non-contiguous inputs
+    modeling_elmo.inference_linear(x, weight.requires_grad_())  # and autograd
+    assert len(calls) == 1
+
+
 # ---------------------------------------------------------------------------------------------------------- biLSTM
 
 
@@ -46,8 +74,8 @@ def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
             if direction == 1:
                 x = x.flip(0)
             for depth, layer in enumerate(encoder.layers):
-                w_in, w_rec = layer.input_weight[direction].double(), layer.recurrent_weight[direction].double()
-                bias, w_proj = layer.bias[direction, 0].double(), layer.projection_weight[direction].double()
+                w_in, w_rec = layer.input_weight[direction].double().T, layer.recurrent_weight[direction].double().T
+                bias, w_proj = layer.bias[direction].double(), layer.projection_weight[direction].double().T
                 if initial_state is None:
                     h = torch.zeros(cfg.projection_dim, dtype=torch.float64)
                     c = torch.zeros(cfg.lstm_dim, dtype=torch.float64)
@@ -85,9 +113,11 @@ def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
         ([3, 0, 5], True, 3.0, True),  # an empty row keeps its initial state
     ],
 )
-def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, monkeypatch):
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
+def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, onednn, monkeypatch):
     # Small row chunks so the tests also cross the input-projection chunk boundaries.
     monkeypatch.setattr(modeling_elmo, "LSTM_CHUNK_ROWS", 7)
+    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", onednn)
     cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=len(lengths))
@@ -138,9 +168,11 @@ def reference_char_cnn(encoder: ElmoCharacterEncoder, char_ids: torch.Tensor) ->
     return x
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_length_cut_char_cnn_matches_full_width(activation, monkeypatch):
+def test_length_cut_char_cnn_matches_full_width(activation, onednn, monkeypatch):
     monkeypatch.setattr(modeling_elmo, "CNN_CHUNK_WORDS", 5)  # several chunks of different cut lengths
+    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", onednn)
     cfg = tiny_config(char_activation=activation)
     encoder = ElmoCharacterEncoder(cfg)
     randomize(encoder, seed=2, scale=0.25)

@@ -33,6 +33,9 @@ class ElmoConfig(PretrainedConfig):
         mix_dropout: Dropout on the ELMo vector in train mode (allennlp's `Elmo` uses 0.5).
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
+        prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's recurrent and projection
+            weights in oneDNN's blocked layout (about 1.25x faster for Original, for 168 MB more memory). Set
+            `False` (for example `from_pretrained(path, prepack_cpu_weights=False)`) to save that memory.
     """
 
     model_type = "elmo"
@@ -55,6 +58,7 @@ class ElmoConfig(PretrainedConfig):
         do_layer_norm: bool = False,
         mix_dropout: float = 0.5,
         num_cached_words: int = 0,
+        prepack_cpu_weights: bool = True,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -73,6 +77,7 @@ class ElmoConfig(PretrainedConfig):
         self.do_layer_norm = do_layer_norm
         self.mix_dropout = mix_dropout
         self.num_cached_words = num_cached_words
+        self.prepack_cpu_weights = prepack_cpu_weights
         super().__init__(**kwargs)
         self._validate()
 

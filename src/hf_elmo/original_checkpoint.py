@@ -180,10 +180,11 @@ def _state_dict_from_arrays(arrays: dict[str, np.ndarray], config: ElmoConfig) -
             bias = _tf_to_torch_gates(arrays[f"{prefix}/B"]).copy()
             h = bias.shape[0] // 4
             bias[h : 2 * h] += TF_FORGET_BIAS  # TensorFlow adds it at run time
-            per_direction["input"].append(kernel[:p])
-            per_direction["recurrent"].append(kernel[p:])
-            per_direction["bias"].append(bias[None, :])
-            per_direction["proj"].append(arrays[f"{prefix}/W_P_0"])
+            # TF right-multiplies its (in, out) kernels; ours are laid out as nn.Linear's (out, in).
+            per_direction["input"].append(kernel[:p].T)
+            per_direction["recurrent"].append(kernel[p:].T)
+            per_direction["bias"].append(bias)
+            per_direction["proj"].append(arrays[f"{prefix}/W_P_0"].T)
         prefix = f"encoder.layers.{layer}"
         state[f"{prefix}.input_weight"] = np.stack(per_direction["input"])
         state[f"{prefix}.recurrent_weight"] = np.stack(per_direction["recurrent"])
