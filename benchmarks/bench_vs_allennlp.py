@@ -163,8 +163,11 @@ class _AllennlpRunner:
         self.bilm = elmo._ElmoBiLm(str(args.options), str(args.weights), requires_grad=False).eval()
         self.load_s = time.perf_counter() - start
 
+        self.bilm.to(args.device)
+        self.device = args.device
+
     def prepare(self, sentences):
-        return self.elmo.batch_to_ids(sentences)
+        return self.elmo.batch_to_ids(sentences).to(self.device)
 
     def run(self, char_ids):
         out = self.bilm(char_ids)
@@ -187,9 +190,14 @@ class _HfRunner:
         start = time.perf_counter()
         self.model = AutoModel.from_pretrained(args.model_dir, prepack_cpu_weights=not args.no_prepack).eval()
         self.load_s = time.perf_counter() - start
+        import torch
+
+        self.model.to(args.device, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        self.device = args.device
 
     def prepare(self, sentences):
-        return self.tokenizer(sentences, is_split_into_words=True, padding=True, return_tensors="pt")
+        enc = self.tokenizer(sentences, is_split_into_words=True, padding=True, return_tensors="pt")
+        return {key: value.to(self.device) for key, value in enc.items()}
 
     def run(self, enc):
         return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
@@ -203,6 +211,10 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    if cuda:  # fp32 means fp32: TF32 only when asked for, and only for hf-elmo
+        torch.backends.cuda.matmul.allow_tf32 = args.worker == "hf" and args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.worker == "hf" and args.precision == "tf32"
     sentences = json.loads(Path(args.sentences).read_text())
     with torch.inference_mode():
         runner = _AllennlpRunner(args) if args.worker == "allennlp" else _HfRunner(args)
@@ -212,24 +224,35 @@ def worker(args) -> None:
         result = {"impl": args.worker, "load_s": runner.load_s}
         if args.dump:
             lengths = [len(s) for s in batches[0]]
-            arrays = {f"layer{i}": layer.float().numpy() for i, layer in enumerate(runner.layers(prepared[0]))}
+            arrays = {f"layer{i}": layer.float().cpu().numpy()
+                      for i, layer in enumerate(runner.layers(prepared[0]))}
             import numpy as np
 
             np.savez(args.dump, lengths=np.array(lengths), **arrays)
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
         start = time.perf_counter()
-        runner.run(prepared[0])  # warm-up
+        for batch in prepared[: 2 if cuda else 1]:  # warm-up (on a GPU: both batch shapes' graphs captured)
+            runner.run(batch)
+        sync()
         result["warmup_s"] = time.perf_counter() - start
         result["peak_rss_total_mb"] = _peak_rss_mb()
         _reset_peak_rss()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         n_batches = n_words = 0
         cpu_start = time.process_time()
         start = time.perf_counter()
         while n_batches < args.min_batches or time.perf_counter() - start < args.min_time:
             i = n_batches % len(batches)
             runner.run(prepared[i])
+            sync()
             n_words += sum(len(s) for s in batches[i])
             n_batches += 1
         elapsed = time.perf_counter() - start
+        if cuda:
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            if args.worker == "hf":
+                result["gemm_peak_flops"] = _gemm_peak_flops(torch, args.device, args.precision)
         cpu_seconds = time.process_time() - cpu_start
         result.update(
             batches=n_batches, words=n_words, seconds=elapsed, words_per_s=n_words / elapsed,
@@ -238,6 +261,37 @@ def worker(args) -> None:
         )
         result["peak_rss_total_mb"] = max(result["peak_rss_total_mb"], result["peak_rss_run_mb"])
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _gemm_peak_flops(torch, device: str, precision: str) -> float:
+    """FLOP/s of a large square matmul at `precision` on `device`: the GEMM roofline the model is held against."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(8192, 8192, device=device, dtype=dtype)
+    b = torch.randn(8192, 8192, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return repeats * 2 * 8192**3 / (time.perf_counter() - start)
+
+
+def nominal_flops_per_word(options_path: Path) -> float:
+    """Multiply-adds x 2 per word at all 50 character positions (no deduplication): char CNN, highway, projection
+    and every LSTM layer-direction, from the model's options.json."""
+    options = json.loads(Path(options_path).read_text())
+    cnn, lstm = options["char_cnn"], options["lstm"]
+    chars, char_dim = cnn["max_characters_per_token"], cnn["embedding"]["dim"]
+    filters = sum(n for _, n in cnn["filters"])
+    flops = sum(2 * char_dim * width * n * (chars - width + 1) for width, n in cnn["filters"])
+    flops += cnn["n_highway"] * 2 * 2 * filters * filters
+    projection, cell = lstm["projection_dim"], lstm["dim"]
+    if filters != projection:
+        flops += 2 * filters * projection
+    flops += lstm["n_layers"] * 2 * (2 * projection * 4 * cell * 2 + 2 * cell * projection)
+    return float(flops)
 
 
 def long_sentence_worker(args) -> None:
@@ -313,7 +367,7 @@ def run_worker(impl: str, name: str, batch_size: int, args, dump: Path | None = 
     command = [python, str(Path(__file__).resolve()), "--worker", impl, "--options", str(options),
                "--weights", str(weights), "--model-dir", str(converted), "--sentences", str(args.sentences),
                "--batch-size", str(batch_size), "--threads", str(args.threads), "--min-time", str(args.min_time),
-               "--min-batches", str(args.min_batches)]
+               "--min-batches", str(args.min_batches), "--device", args.device, "--precision", args.precision]
     if dump is not None:
         command += ["--dump", str(dump)]
     if args.no_prepack:
@@ -351,6 +405,9 @@ def main() -> None:
     parser.add_argument("--long-sentence-model", default="original", choices=MODELS,
                         help="model for the long sentence (Original takes about 5 minutes on 2 cores)")
     parser.add_argument("--skip-allennlp", action="store_true", help="hf-elmo only (no ratio)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: both implementations run there")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                        help="hf-elmo's precision on the device (allennlp always runs fp32)")
     parser.add_argument("--no-prepack", action="store_true",
                         help="hf-elmo with prepack_cpu_weights=False (less memory, slower)")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
@@ -389,7 +446,11 @@ def main() -> None:
         pass
     machine = f"{cpu}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}"
     print(f"machine: {machine}", flush=True)
-    results = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "runs": []}
+    device = args.device
+    if device.startswith("cuda"):
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    results = {"machine": machine, "device": device, "date": time.strftime("%Y-%m-%d"),
+               "command": " ".join(sys.argv), "runs": []}
     table = []
     for name in args.models:
         ensure_checkpoint(name)
@@ -419,7 +480,7 @@ def main() -> None:
                     print(f"  {name}: max |hf-elmo - allennlp| over all layers of the first batch: {agreement:.3g}",
                           flush=True)
             row = {"model": name, "batch_size": batch_size, "hf": best["hf"], "allennlp": best.get("allennlp"),
-                   "max_abs_diff": agreement}
+                   "max_abs_diff": agreement, "flops_per_word": nominal_flops_per_word(ensure_checkpoint(name)[0])}
             table.append(row)
     if args.long_sentence:
         _, _, converted = ensure_checkpoint(args.long_sentence_model)
@@ -438,7 +499,34 @@ def main() -> None:
     args.output.write_text(json.dumps(results, indent=2))
 
     print()
-    print(f"machine: {machine}; date {results['date']}; best of {args.reps} alternating runs; fp32")
+    if args.device.startswith("cuda"):
+        print_gpu_table(results, table, args)
+    else:
+        print_cpu_table(results, table, args)
+
+
+def print_gpu_table(results: dict, table: list, args) -> None:
+    print(f"machine: {results['machine']}; device {results['device']}; date {results['date']}; best of {args.reps} "
+          f"alternating runs; hf-elmo {args.precision}, allennlp fp32")
+    print("| model | batch | hf-elmo words/s | allennlp words/s | ratio | hf-elmo peak GPU memory | allennlp peak GPU "
+          "memory | share of GEMM peak | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in table:
+        hf, al = row["hf"], row["allennlp"]
+        share = hf["words_per_s"] * row["flops_per_word"] / hf["gemm_peak_flops"]
+        ratio = f"{hf['words_per_s'] / al['words_per_s']:.1f}x" if al else "-"
+        al_words = f"{al['words_per_s']:.0f}" if al else "-"
+        al_memory = f"{al['peak_gpu_mb']:.0f} MB" if al else "-"
+        diff = f"{row['max_abs_diff']:.1g}" if row["max_abs_diff"] is not None else "-"
+        print(f"| {row['model']} | {row['batch_size']} | {hf['words_per_s']:.0f} | {al_words} | {ratio} | "
+              f"{hf['peak_gpu_mb']:.0f} MB | {al_memory} | {share:.1%} of {hf['gemm_peak_flops'] / 1e12:.0f} "
+              f"TFLOP/s | {diff} |")
+
+
+def print_cpu_table(results: dict, table: list, args) -> None:
+    machine = results["machine"]
+    print(f"machine: {machine}; date {results['date']}; best of {args.reps} alternating runs; fp32; "
+          f"prepack_cpu_weights={not args.no_prepack}")
     print("| model | batch | hf-elmo words/s | allennlp words/s | ratio | ratio per CPU-second | hf-elmo peak RSS "
           "(run / total) | allennlp peak RSS (run / total) | load hf-elmo / allennlp | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_elmo import modeling_elmo
+from hf_elmo import lstm_cuda_graphs, modeling_elmo
 from hf_elmo.configuration_elmo import ElmoConfig
 from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder, ElmoModel
 from hf_elmo.tokenization_elmo import word_to_char_ids
@@ -113,11 +113,15 @@ def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
         ([3, 0, 5], True, 3.0, True),  # an empty row keeps its initial state
     ],
 )
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
-def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, onednn, monkeypatch):
+@pytest.mark.parametrize("path", ["onednn", "torch-linear", "chunked"])
+def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, path, monkeypatch):
     # Small row chunks so the tests also cross the input-projection chunk boundaries.
     monkeypatch.setattr(modeling_elmo, "LSTM_CHUNK_ROWS", 7)
-    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", onednn)
+    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", path == "onednn")
+    # The CUDA path's fixed-shape chunks, run eagerly: 3 steps per chunk and rows padded to a multiple of 4.
+    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", path == "chunked")
+    monkeypatch.setattr(lstm_cuda_graphs, "STEPS_PER_GRAPH", 3)
+    monkeypatch.setattr(lstm_cuda_graphs, "ROW_MULTIPLE", 4)
     cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=len(lengths))
@@ -202,8 +206,10 @@ def test_length_cut_char_cnn_matches_full_width(activation, onednn, monkeypatch)
 # ---------------------------------------------------------------------------------------------------------- model
 
 
-def test_batch_outputs_equal_each_sentence_alone():
+@pytest.mark.parametrize("chunked", [False, True], ids=["cpu-loop", "chunked"])
+def test_batch_outputs_equal_each_sentence_alone(chunked, monkeypatch):
     """Packing sentences into shared rows must not leak anything between them."""
+    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", chunked)
     cfg = tiny_config()
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the character CNN keeps its initialisation from the global generator
@@ -250,3 +256,27 @@ def test_training_path_matches_and_has_gradients():
     (trained[-1].sum() + trained_final[1].sum()).backward()
     assert inputs.grad is not None and inputs.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dict():
+    cfg = tiny_config()
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=3)
+    inputs, lengths = torch.randn(3, 6, cfg.projection_dim), torch.tensor([6, 2, 4])
+    with torch.inference_mode():
+        before, _ = encoder(inputs, lengths)
+    assert set(encoder.layers[0].prepacked) == {"recurrent0", "recurrent1", "projection0", "projection1"}
+    assert not any("prepacked" in key for key in encoder.state_dict())
+    with torch.no_grad():  # as an optimizer step or load_state_dict would
+        for layer in encoder.layers:
+            layer.recurrent_weight.mul_(0.5)
+            layer.projection_weight.mul_(-1.0)
+    with torch.inference_mode():
+        after, _ = encoder(inputs, lengths)
+    expected, _ = reference_bilstm(encoder, inputs, lengths)
+    for actual, wanted in zip(after, expected):
+        assert torch.allclose(actual.double(), wanted, atol=ATOL)
+    assert not torch.allclose(before[-1], after[-1], atol=1e-3)
+    encoder.train()
+    assert not encoder.layers[0].prepacked  # dropped when switching modes

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from . import lstm_cuda_graphs
 from .configuration_elmo import ElmoConfig
 from .tokenization_elmo import BOS_WORD, EOS_WORD, word_to_char_ids
 
@@ -24,6 +25,8 @@ CNN_CHUNK_WORDS = 512
 # Packed rows x time steps whose LSTM input projections are computed in one GEMM: bounds that (rows, 4H)
 # buffer per direction (16 MB for Original) while keeping the GEMM large.
 LSTM_CHUNK_ROWS = 256
+# Run the recurrence in fixed-shape chunks (`lstm_cuda_graphs`) on CPU too, as it runs on CUDA: for tests.
+FORCE_CHUNKED_LSTM = False
 # Inference matmuls on CPU go through oneDNN (see `inference_linear`); tests switch it off to check the fallback.
 USE_ONEDNN = True
 _onednn_works: bool | None = None
@@ -265,6 +268,19 @@ class ElmoBiLstm(nn.Module):
             ElmoLstmLayer(config.projection_dim, config.lstm_dim, config.projection_dim)
             for _ in range(config.num_hidden_layers)
         )
+        self.chunk_runner = lstm_cuda_graphs.LstmChunkRunner()
+
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the weights invalidates captured graphs and prepacked copies.
+        self.chunk_runner.clear()
+        for layer in self.layers:
+            layer.prepacked.clear()
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        for layer in self.layers:
+            layer.prepacked.clear()  # (weights may be changed after training, even through `.data`)
+        return super().train(mode)
 
     def forward(
         self,
@@ -287,14 +303,21 @@ class ElmoBiLstm(nn.Module):
         one `(R, P) x (P, 4H)` matmul per direction whatever the spread of lengths.
         """
         batch, steps, dim = inputs.shape
-        plan = _PackingPlan(lengths, steps)
+        chunked = (inputs.device.type == "cuda" or FORCE_CHUNKED_LSTM) and not torch.is_grad_enabled()
+        if chunked:  # padded to the fixed shapes the chunk runner (and its CUDA graphs) work in
+            plan = _PackingPlan(lengths, steps, lstm_cuda_graphs.ROW_MULTIPLE, lstm_cuda_graphs.STEPS_PER_GRAPH)
+        else:
+            plan = _PackingPlan(lengths, steps)
         # (2, S, R, P): the forward stream and the per-sentence reversed one.
         flat = torch.cat([inputs.reshape(batch * steps, dim), inputs.new_zeros(1, dim)])
         x = flat.index_select(0, plan.source_index).view(2, plan.steps, plan.rows, dim)
         outputs, final_h, final_c = [], [], []
         for depth, layer in enumerate(self.layers):
             state = None if initial_state is None else (initial_state[0][depth], initial_state[1][depth])
-            y, final = self._run_layer(layer, x, plan, state, return_state)
+            if chunked:
+                y, final = self._run_layer_chunked(layer, x, plan, state, return_state)
+            else:
+                y, final = self._run_layer(layer, x, plan, state, return_state)
             if self.config.use_skip_connections and depth > 0:
                 y = y + x  # outside the recurrence, as TensorFlow's ResidualWrapper
             outputs.append(plan.unpack(y, batch, steps))
@@ -382,6 +405,23 @@ class ElmoBiLstm(nn.Module):
                         final_c.index_copy_(1, sentence_index, c.index_select(1, row_index))
         return output, ((final_h, final_c) if return_state else None)
 
+    def _run_layer_chunked(
+        self,
+        layer: ElmoLstmLayer,
+        x: torch.Tensor,
+        plan: _PackingPlan,
+        state: tuple[torch.Tensor, torch.Tensor] | None,
+        return_state: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """`_run_layer` in fixed-shape chunks of steps, replayed as CUDA graphs on GPUs."""
+        dtype = x.dtype
+        parameters = (layer.input_weight, layer.recurrent_weight, layer.bias, layer.projection_weight)
+        weights = tuple(p.to(dtype) for p in parameters)
+        initial = None if state is None else (state[0].to(dtype), state[1].to(dtype))
+        return self.chunk_runner.run_layer(
+            x, plan, weights, initial, return_state, (self.config.cell_clip, self.config.proj_clip),
+            capturable=all(p.dtype == dtype for p in parameters))
+
     def _run_layer_autograd(self, weights, x, plan, initial, state, final):
         """`_run_layer` without in-place updates, for training: the same steps, recorded by autograd."""
         input_weight, recurrent_weight, bias, projection_weight = weights
@@ -424,7 +464,7 @@ class _PackingPlan:
     `offset[b] .. offset[b] + length[b] - 1` of row `row[b]` in both streams, the backward stream holding it reversed.
     """
 
-    def __init__(self, lengths: torch.Tensor, max_steps: int):
+    def __init__(self, lengths: torch.Tensor, max_steps: int, row_multiple: int = 1, step_multiple: int = 1):
         device = lengths.device
         length_list = [int(n) for n in lengths.tolist()]
         batch = len(length_list)
@@ -443,7 +483,9 @@ class _PackingPlan:
                 fill.append(0)
             row[b], offset[b] = r, fill[r]
             fill[r] += n
-        self.batch, self.rows, self.steps = batch, max(len(fill), 1), max(capacity, 1)
+        self.batch = batch
+        self.rows = -(-max(len(fill), 1) // row_multiple) * row_multiple  # padding rows and steps stay empty
+        self.steps = -(-max(capacity, 1) // step_multiple) * step_multiple
         self.starts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.ends: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         starts: dict[int, list[tuple[int, int]]] = {}
@@ -453,6 +495,13 @@ class _PackingPlan:
                 continue
             starts.setdefault(offset[b], []).append((row[b], b))
             ends.setdefault(offset[b] + length_list[b] - 1, []).append((row[b], b))
+        # The same events as flat tensors, for the chunked runner: sentence, row, first step, last step.
+        nonempty = [b for b in range(batch) if length_list[b] > 0]
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        self.sentence_index = as_tensor(nonempty)
+        self.sentence_row = as_tensor([row[b] for b in nonempty])
+        self.first_step = as_tensor([offset[b] for b in nonempty])
+        self.last_step = as_tensor([offset[b] + length_list[b] - 1 for b in nonempty])
         for events, target in ((starts, self.starts), (ends, self.ends)):
             for step, pairs in events.items():
                 rows_, sentences = zip(*pairs)
@@ -477,6 +526,25 @@ class _PackingPlan:
         forward_index = torch.where(valid, step_of * self.rows + r, 0)
         backward_index = torch.where(valid, (self.steps + reversed_step) * self.rows + r, 0)
         self.output_index = torch.stack([forward_index, backward_index], dim=-1).view(-1)
+
+    def keep_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """`(S, R, 1)` of `like`'s dtype: 0 where a sentence starts (its state is reset), 1 elsewhere."""
+        keep = like.new_ones(self.steps, self.rows, 1)
+        keep[self.first_step, self.sentence_row] = 0.0
+        return keep
+
+    def scatter_initial_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Per-sentence `(2, B, D)` -> `(2, S, R, D)`, each sentence's state at its first step, zero elsewhere."""
+        placed = state.new_zeros(2, self.steps, self.rows, state.shape[-1])
+        placed[:, self.first_step, self.sentence_row] = state[:, self.sentence_index]
+        return placed
+
+    def final_state(self, history: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor:
+        """Packed per-step `(2, S, R, D)` -> each sentence's value at its last step `(2, B, D)`; an empty
+        sentence keeps `initial` (or zero)."""
+        final = initial.clone() if initial is not None else history.new_zeros(2, self.batch, history.shape[-1])
+        final[:, self.sentence_index] = history[:, self.last_step, self.sentence_row]
+        return final
 
     def unpack(self, packed: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
         """Packed `(2, S, R, P)` -> `(B, T, 2P)` `[forward, backward]`, zero at padding."""
