@@ -26,6 +26,11 @@ STEPS_PER_GRAPH = 8
 ROW_MULTIPLE = 8
 
 
+def chunk_shape() -> tuple[int, int]:
+    """`(ROW_MULTIPLE, STEPS_PER_GRAPH)`: what a packing plan for `LstmChunkRunner` is padded to."""
+    return ROW_MULTIPLE, STEPS_PER_GRAPH
+
+
 def lstm_steps(
     pre: torch.Tensor,
     keep: torch.Tensor,
@@ -207,4 +212,4 @@ class LstmChunkRunner:
         return output, final
 
 
-__all__ = ["LstmChunkRunner", "lstm_steps", "ROW_MULTIPLE", "STEPS_PER_GRAPH"]
+__all__ = ["LstmChunkRunner", "chunk_shape", "lstm_steps", "ROW_MULTIPLE", "STEPS_PER_GRAPH"]

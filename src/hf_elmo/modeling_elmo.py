@@ -15,8 +15,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from . import lstm_cuda_graphs
 from .configuration_elmo import ElmoConfig
+from .lstm_cuda_graphs import LstmChunkRunner, chunk_shape
 from .tokenization_elmo import BOS_WORD, EOS_WORD, word_to_char_ids
 
 # Words per character-CNN call: bounds the (words, filters, positions) activations (about 90 MB for the
@@ -25,7 +25,7 @@ CNN_CHUNK_WORDS = 512
 # Packed rows x time steps whose LSTM input projections are computed in one GEMM: bounds that (rows, 4H)
 # buffer per direction (16 MB for Original) while keeping the GEMM large.
 LSTM_CHUNK_ROWS = 256
-# Run the recurrence in fixed-shape chunks (`lstm_cuda_graphs`) on CPU too, as it runs on CUDA: for tests.
+# Run the recurrence in fixed-shape chunks (`LstmChunkRunner`) on CPU too, as it runs on CUDA: for tests.
 FORCE_CHUNKED_LSTM = False
 # Inference matmuls on CPU go through oneDNN (see `inference_linear`); tests switch it off to check the fallback.
 USE_ONEDNN = True
@@ -268,7 +268,7 @@ class ElmoBiLstm(nn.Module):
             ElmoLstmLayer(config.projection_dim, config.lstm_dim, config.projection_dim)
             for _ in range(config.num_hidden_layers)
         )
-        self.chunk_runner = lstm_cuda_graphs.LstmChunkRunner()
+        self.chunk_runner = LstmChunkRunner()
 
     def _apply(self, fn, recurse=True):
         # Moving or casting the weights invalidates captured graphs and prepacked copies.
@@ -305,7 +305,7 @@ class ElmoBiLstm(nn.Module):
         batch, steps, dim = inputs.shape
         chunked = (inputs.device.type == "cuda" or FORCE_CHUNKED_LSTM) and not torch.is_grad_enabled()
         if chunked:  # padded to the fixed shapes the chunk runner (and its CUDA graphs) work in
-            plan = _PackingPlan(lengths, steps, lstm_cuda_graphs.ROW_MULTIPLE, lstm_cuda_graphs.STEPS_PER_GRAPH)
+            plan = _PackingPlan(lengths, steps, *chunk_shape())
         else:
             plan = _PackingPlan(lengths, steps)
         # (2, S, R, P): the forward stream and the per-sentence reversed one.
