@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,5 +281,12 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
     for actual, wanted in zip(after, expected):
         assert torch.allclose(actual.double(), wanted, atol=ATOL)
     assert not torch.allclose(before[-1], after[-1], atol=1e-3)
+    copied = copy.deepcopy(encoder)  # oneDNN's opaque copies are not copied (nor pickled) with the model
+    assert not copied.layers[0].prepacked
+    buffer = io.BytesIO()
+    torch.save(encoder, buffer)
+    with torch.inference_mode():
+        for a, b in zip(after, copied(inputs, lengths)[0]):
+            assert torch.equal(a, b)
     encoder.train()
     assert not encoder.layers[0].prepacked  # dropped when switching modes

@@ -34,7 +34,7 @@ class ElmoConfig(PretrainedConfig):
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
         prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's recurrent and projection
-            weights in oneDNN's blocked layout (about 1.25x faster for Original, for 168 MB more memory). Set
+            weights in oneDNN's blocked layout (1.3-1.4x faster for Original, for 168 MB more memory). Set
             `False` (for example `from_pretrained(path, prepack_cpu_weights=False)`) to save that memory.
     """
 

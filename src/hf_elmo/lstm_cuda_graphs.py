@@ -107,6 +107,12 @@ class LstmChunkRunner:
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.capture_failed = False
 
+    def __deepcopy__(self, memo):  # graphs and their buffers belong to this model's tensors: a copy starts afresh
+        return type(self)()
+
+    def __reduce__(self):
+        return (type(self), ())
+
     def clear(self) -> None:
         self._buffers.clear()
         self._graphs.clear()

@@ -65,8 +65,8 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     `F.linear` for inference: `(N, In)` x `(Out, In)` (+ `(Out,)`) -> `(N, Out)`.
 
     On CPU in float32 this calls oneDNN's matmul rather than torch's default BLAS: for the LSTM's shapes (a few
-    dozen rows against a 512 x 16384 weight) oneDNN runs at 1.4-2.8x MKL's speed on the AMD machine the benchmark
-    uses, and no slower elsewhere. Anything else (autograd, other devices and dtypes) takes `F.linear`. `weight`
+    dozen rows against a 512 x 16384 weight) oneDNN ran at 1.4-2.8x MKL's speed on the benchmark's AMD machine
+    (`benchmarks/README.md`). Anything else (autograd, other devices and dtypes) takes `F.linear`. `weight`
     may also be a copy prepacked by `prepack_weight`.
     """
     if weight.is_mkldnn:
@@ -76,7 +76,7 @@ def inference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return F.linear(x, weight, bias)
 
 
-def prepack_weight(weight: torch.Tensor, like: torch.Tensor, cache: dict, key: str) -> torch.Tensor:
+def prepack_weight(weight: torch.Tensor, like: torch.Tensor, cache: PrepackedWeights, key: str) -> torch.Tensor:
     """
     `weight` `(Out, In)` in oneDNN's own blocked layout, for repeated `inference_linear(x, ...)` calls with inputs
     like `like`; `weight` itself where oneDNN does not apply. The copy is kept in `cache[key]` until `weight`
@@ -92,6 +92,17 @@ def prepack_weight(weight: torch.Tensor, like: torch.Tensor, cache: dict, key: s
     if cached is None or cached[0] != version:
         cached = cache[key] = (version, torch.ops.mkldnn._reorder_linear_weight(weight))
     return cached[1]
+
+
+class PrepackedWeights(dict):
+    """`prepack_weight`'s cache: derived copies that are never copied or pickled (oneDNN's opaque tensors cannot
+    be); a copied or unpickled model derives its own on first use."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __reduce__(self):
+        return (type(self), ())
 
 
 def tanh_(x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +259,7 @@ class ElmoLstmLayer(nn.Module):
         self.bias = nn.Parameter(torch.empty(2, 4 * lstm_dim))
         self.projection_weight = nn.Parameter(torch.empty(2, projection_dim, lstm_dim))
         # oneDNN-prepacked copies of the per-step weights (`prepack_weight`); not part of the state dict.
-        self.prepacked: dict = {}
+        self.prepacked = PrepackedWeights()
 
 
 class ElmoBiLstm(nn.Module):
