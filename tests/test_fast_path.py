@@ -290,3 +290,42 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
             assert torch.equal(a, b)
     encoder.train()
     assert not encoder.layers[0].prepacked  # dropped when switching modes
+
+
+def test_chunk_runner_captures_once_per_shape_and_falls_back_when_capture_fails(monkeypatch):
+    """The CUDA-graph bookkeeping, on CPU: a stand-in capture replays the chunk function eagerly."""
+    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", True)
+    cfg = tiny_config()
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=8)
+    runner = encoder.chunk_runner
+    runner.capture_devices = ("cpu",)
+    captured = []
+
+    def fake_capture(run, device):
+        captured.append(device)
+        return run
+
+    monkeypatch.setattr(runner, "_capture", fake_capture)
+    generator = torch.Generator().manual_seed(9)
+    inputs = torch.randn(5, 8, cfg.projection_dim, generator=generator)
+    lengths = torch.tensor([8, 3, 6, 2, 7])
+    expected, _ = reference_bilstm(encoder, inputs, lengths)
+    with torch.inference_mode():
+        for _ in range(2):  # the second call replays the first call's graphs
+            outputs, _ = encoder(inputs, lengths)
+            for actual, wanted in zip(outputs, expected):
+                assert torch.allclose(actual.double(), wanted, atol=ATOL)
+    assert len(captured) == cfg.num_hidden_layers  # one graph per layer, reused
+    encoder.float()  # moving or casting drops graphs and buffers
+    assert not runner._graphs and not runner._buffers
+
+    def failing_capture(run, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner, "_capture", failing_capture)
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="capture of the ELMo LSTM failed"):
+        outputs, _ = encoder(inputs, lengths)
+    assert runner.capture_failed
+    for actual, wanted in zip(outputs, expected):
+        assert torch.allclose(actual.double(), wanted, atol=ATOL)

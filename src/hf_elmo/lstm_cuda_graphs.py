@@ -16,6 +16,7 @@ k = `STEPS_PER_GRAPH`, P = projection size, H = LSTM cell size.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -104,7 +105,8 @@ class LstmChunkRunner:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, _StaticBuffers] = {}
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._graphs: dict[tuple, Callable[[], None]] = {}
+        self.capture_devices: tuple[str, ...] = ("cuda",)
         self.capture_failed = False
 
     def __deepcopy__(self, memo):  # graphs and their buffers belong to this model's tensors: a copy starts afresh
@@ -143,31 +145,37 @@ class LstmChunkRunner:
 
         return run
 
-    def _graph(self, key: tuple, static: _StaticBuffers, weights, clips, capturable: bool):
-        """The captured graph for this layer and shape, or None to run eagerly (not CUDA, or capture failed)."""
-        if static.pre.device.type != "cuda" or self.capture_failed or not capturable:
+    def _replay_function(self, key: tuple, static: _StaticBuffers, weights, clips, capturable: bool):
+        """The captured chunk's replay for this layer and shape, or None to run eagerly (a device without graphs,
+        temporary weights, or a failed capture)."""
+        if static.pre.device.type not in self.capture_devices or self.capture_failed or not capturable:
             return None
         # A graph holds the weights' addresses: it stays valid for in-place updates, not for moved weights.
         graph_key = key + tuple(w.data_ptr() for w in weights) + (clips,)
-        graph = self._graphs.get(graph_key)
-        if graph is None:
-            run = self._step_function(static, weights, clips)
+        replay = self._graphs.get(graph_key)
+        if replay is None:
             try:
-                side = torch.cuda.Stream(device=static.pre.device)
-                side.wait_stream(torch.cuda.current_stream(static.pre.device))
-                with torch.cuda.stream(side):  # warm-up outside the capture (cuBLAS workspaces, lazy init)
-                    run()
-                torch.cuda.current_stream(static.pre.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    run()
+                replay = self._capture(self._step_function(static, weights, clips), static.pre.device)
             except Exception as error:  # a driver or torch build that cannot capture: stay correct, run eagerly
                 warnings.warn(f"CUDA graph capture of the ELMo LSTM failed ({error}); running it eagerly",
                               RuntimeWarning, stacklevel=4)
                 self.capture_failed = True
                 return None
-            self._graphs[graph_key] = graph
-        return graph
+            self._graphs[graph_key] = replay
+        return replay
+
+    @staticmethod
+    def _capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+        """Capture `run` as a CUDA graph on `device`; returns its replay."""
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the capture (cuBLAS workspaces, lazy initialisation)
+            run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        return graph.replay
 
     def run_layer(
         self,
@@ -189,9 +197,9 @@ class LstmChunkRunner:
         proj_dim, lstm_dim = projection_weight.shape[1:]
         k = STEPS_PER_GRAPH
         key, static = self._static(x, rows, lstm_dim, proj_dim, initial is not None, return_state)
-        graph = self._graph(key, static, (recurrent_weight, projection_weight), clips, capturable)
-        run = graph.replay if graph is not None else self._step_function(static, (recurrent_weight,
-                                                                                   projection_weight), clips)
+        run = self._replay_function(key, static, (recurrent_weight, projection_weight), clips, capturable)
+        if run is None:
+            run = self._step_function(static, (recurrent_weight, projection_weight), clips)
         keep = plan.keep_mask(x)  # (S, R, 1)
         if initial is not None:
             start_h, start_c = plan.scatter_initial_state(initial[0]), plan.scatter_initial_state(initial[1])
