@@ -231,7 +231,7 @@ def worker(args) -> None:
             np.savez(args.dump, lengths=np.array(lengths), **arrays)
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         start = time.perf_counter()
-        for batch in prepared[: 2 if cuda else 1]:  # warm-up (on a GPU: both batch shapes' graphs captured)
+        for batch in prepared if cuda else prepared[:1]:  # warm-up (on a GPU: every batch shape's graphs captured)
             runner.run(batch)
         sync()
         result["warmup_s"] = time.perf_counter() - start
@@ -279,18 +279,18 @@ def _gemm_peak_flops(torch, device: str, precision: str) -> float:
 
 
 def nominal_flops_per_word(options_path: Path) -> float:
-    """Multiply-adds x 2 per word at all 50 character positions (no deduplication): char CNN, highway, projection
+    """Multiply-adds x 2 per word at all character positions (no deduplication): char CNN, highway, projection
     and every LSTM layer-direction, from the model's options.json."""
-    options = json.loads(Path(options_path).read_text())
-    cnn, lstm = options["char_cnn"], options["lstm"]
-    chars, char_dim = cnn["max_characters_per_token"], cnn["embedding"]["dim"]
-    filters = sum(n for _, n in cnn["filters"])
-    flops = sum(2 * char_dim * width * n * (chars - width + 1) for width, n in cnn["filters"])
-    flops += cnn["n_highway"] * 2 * 2 * filters * filters
-    projection, cell = lstm["projection_dim"], lstm["dim"]
+    from hf_elmo.original_checkpoint import config_from_options, read_options
+
+    config = config_from_options(read_options(options_path))
+    chars, filters = config.max_characters_per_token, config.num_char_filters
+    flops = sum(2 * config.char_embedding_dim * width * n * (chars - width + 1) for width, n in config.char_filters)
+    flops += config.num_highway_layers * 2 * 2 * filters * filters
+    projection, cell = config.projection_dim, config.lstm_dim
     if filters != projection:
         flops += 2 * filters * projection
-    flops += lstm["n_layers"] * 2 * (2 * projection * 4 * cell * 2 + 2 * cell * projection)
+    flops += config.num_hidden_layers * 2 * (2 * projection * 4 * cell * 2 + 2 * cell * projection)
     return float(flops)
 
 

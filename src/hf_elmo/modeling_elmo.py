@@ -325,10 +325,8 @@ class ElmoBiLstm(nn.Module):
         outputs, final_h, final_c = [], [], []
         for depth, layer in enumerate(self.layers):
             state = None if initial_state is None else (initial_state[0][depth], initial_state[1][depth])
-            if chunked:
-                y, final = self._run_layer_chunked(layer, x, plan, state, return_state)
-            else:
-                y, final = self._run_layer(layer, x, plan, state, return_state)
+            run_layer = self._run_layer_chunked if chunked else self._run_layer
+            y, final = run_layer(layer, x, plan, state, return_state)
             if self.config.use_skip_connections and depth > 0:
                 y = y + x  # outside the recurrence, as TensorFlow's ResidualWrapper
             outputs.append(plan.unpack(y, batch, steps))
@@ -350,14 +348,10 @@ class ElmoBiLstm(nn.Module):
         """`x`: packed `(2, S, R, In)` -> packed outputs `(2, S, R, P)` and each sentence's final `(h, c)`."""
         _, steps, rows, in_dim = x.shape
         proj_dim, lstm_dim = layer.projection_weight.shape[1:]
-        dtype = x.dtype
-        input_weight, recurrent_weight = layer.input_weight.to(dtype), layer.recurrent_weight.to(dtype)
-        bias, projection_weight = layer.bias.to(dtype), layer.projection_weight.to(dtype)
+        weights, initial = self._in_dtype(layer, state, x.dtype)
+        input_weight, recurrent_weight, bias, projection_weight = weights
+        init_h, init_c = initial if initial is not None else (None, None)
         batch = plan.batch
-        if state is None:
-            init_h = init_c = None
-        else:
-            init_h, init_c = state[0].to(dtype), state[1].to(dtype)
         h = x.new_zeros(2, rows, proj_dim)
         c = x.new_zeros(2, rows, lstm_dim)
         final_h = final_c = None
@@ -365,7 +359,6 @@ class ElmoBiLstm(nn.Module):
             final_h, final_c = init_h.clone(), init_c.clone()
         elif return_state:
             final_h, final_c = x.new_zeros(2, batch, proj_dim), x.new_zeros(2, batch, lstm_dim)
-        weights = (input_weight, recurrent_weight, bias, projection_weight)
         if torch.is_grad_enabled():
             return self._run_layer_autograd(weights, x, plan, (init_h, init_c), (h, c), (final_h, final_c))
         output = x.new_empty(2, steps, rows, proj_dim)
@@ -425,13 +418,20 @@ class ElmoBiLstm(nn.Module):
         return_state: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """`_run_layer` in fixed-shape chunks of steps, replayed as CUDA graphs on GPUs."""
-        dtype = x.dtype
-        parameters = (layer.input_weight, layer.recurrent_weight, layer.bias, layer.projection_weight)
-        weights = tuple(p.to(dtype) for p in parameters)
-        initial = None if state is None else (state[0].to(dtype), state[1].to(dtype))
+        weights, initial = self._in_dtype(layer, state, x.dtype)
         return self.chunk_runner.run_layer(
             x, plan, weights, initial, return_state, (self.config.cell_clip, self.config.proj_clip),
-            capturable=all(p.dtype == dtype for p in parameters))
+            capturable=all(p.dtype == x.dtype for p in layer.parameters()))
+
+    @staticmethod
+    def _in_dtype(
+        layer: ElmoLstmLayer, state: tuple[torch.Tensor, torch.Tensor] | None, dtype: torch.dtype
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor] | None]:
+        """The layer's `(input_weight, recurrent_weight, bias, projection_weight)` and the initial `(h, c)` in
+        `dtype` (the tensors themselves where they already have it)."""
+        parameters = (layer.input_weight, layer.recurrent_weight, layer.bias, layer.projection_weight)
+        initial = None if state is None else (state[0].to(dtype), state[1].to(dtype))
+        return tuple(p.to(dtype) for p in parameters), initial
 
     def _run_layer_autograd(self, weights, x, plan, initial, state, final):
         """`_run_layer` without in-place updates, for training: the same steps, recorded by autograd."""
