@@ -281,7 +281,7 @@ def _gemm_peak_flops(torch, device: str, precision: str) -> float:
 def nominal_flops_per_word(options_path: Path) -> float:
     """Multiply-adds x 2 per word at all character positions (no deduplication): char CNN, highway, projection
     and every LSTM layer-direction, from the model's options.json."""
-    from hf_elmo.original_checkpoint import config_from_options, read_options
+    from hf_elmo.checkpoints.bilm_tf import config_from_options, read_options
 
     config = config_from_options(read_options(options_path))
     chars, filters = config.max_characters_per_token, config.num_char_filters
@@ -339,11 +339,12 @@ def ensure_allennlp_venv() -> None:
 def ensure_checkpoint(name: str) -> tuple[Path, Path, Path]:
     """(options.json, weights.hdf5, converted hf folder) of a random-weight model at `name`'s official shapes."""
     from hf_elmo.conversion import convert_original_checkpoint
-    from hf_elmo.original_checkpoint import official_options, write_random_checkpoint
+    from hf_elmo.checkpoints.bilm_tf import official_options, write_random_checkpoint
 
     import hashlib
 
-    from hf_elmo import modeling_elmo, original_checkpoint
+    from hf_elmo import modeling_elmo
+    from hf_elmo.checkpoints import bilm_tf as original_checkpoint
 
     scale = f"scale{WEIGHT_SCALE[name]:.4g}"
     source = CACHE / name / f"original-{scale}"

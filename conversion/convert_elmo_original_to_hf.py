@@ -4,7 +4,7 @@
     python conversion/convert_elmo_original_to_hf.py --options-file OPTIONS.json --weight-file WEIGHTS.hdf5 \
         --output-dir OUT [--vocab-file VOCAB.txt]
 
-The same as `hf-elmo convert`; the mapping itself lives in `hf_elmo.original_checkpoint`.
+The same as `hf-elmo convert`; the mapping itself lives in `hf_elmo.checkpoints.bilm_tf`.
 """
 
 import argparse

@@ -10,7 +10,7 @@ import pytest
 
 import hf_elmo  # noqa: F401  (registers the Auto classes)
 from hf_elmo.conversion import convert_original_checkpoint
-from hf_elmo.original_checkpoint import write_random_checkpoint
+from hf_elmo.checkpoints.bilm_tf import write_random_checkpoint
 
 FIXTURE_MODEL_DIR = Path(__file__).parent / "fixtures" / "bilm-tf" / "model"
 FIXTURE_OPTIONS = FIXTURE_MODEL_DIR / "options.json"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_elmo import embed_file as embed_module
+from hf_elmo.jobs import hdf5_job as embed_module
 from hf_elmo.cli import main as cli_main
-from hf_elmo.embed_file import EmbedError, embed_file, work_dir_for
+from hf_elmo.jobs.hdf5_job import EmbedError, embed_file, work_dir_for
 from hf_elmo.modeling_elmo import ElmoModel
 from hf_elmo.tokenization_elmo import ElmoTokenizer
 
@@ -84,7 +84,7 @@ def test_all_top_average_layouts(tmp_path, converted_fixture, model, input_file,
     outputs = {}
     for flag in ("--all", "--top", "--average"):
         outputs[flag] = tmp_path / f"out{flag}.hdf5"
-        with caplog.at_level(logging.WARNING, logger="hf_elmo.embed_file"):
+        with caplog.at_level(logging.WARNING, logger="hf_elmo.jobs.hdf5_job"):
             assert cli_main(["embed", str(converted_fixture), str(input_file), str(outputs[flag]), flag,
                              "--batch-size", "3"]) == 0
     assert "line 2 is blank" in caplog.text and "line 4 is blank" in caplog.text

@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 from conftest import FIXTURE_OPTIONS, FIXTURE_VOCAB, FIXTURE_WEIGHTS, fixture_options
 from hf_elmo.cli import main as cli_main
 from hf_elmo.conversion import convert_original_checkpoint
-from hf_elmo.original_checkpoint import (
+from hf_elmo.checkpoints.bilm_tf import (
     CheckpointError, config_from_options, official_options, read_weights, write_random_checkpoint,
 )
 

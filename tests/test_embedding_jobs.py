@@ -11,7 +11,7 @@ from transformers import AutoModel
 
 import hf_elmo
 from hf_elmo import ElmoTokenizer, embed_dataset
-from hf_elmo.embedding_jobs import embed_word_lists
+from hf_elmo.jobs.datasets_job import embed_word_lists
 
 # Lengths deliberately out of order (and one empty text), so length-sorting inside a window must be undone.
 TEXTS = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_elmo import lstm_cuda_graphs, modeling_elmo
+from hf_elmo import lstm_elmo, modeling_elmo
 from hf_elmo.configuration_elmo import ElmoConfig
 from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder, ElmoModel
 from hf_elmo.tokenization_elmo import word_to_char_ids
@@ -123,8 +123,8 @@ def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_
     monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", path == "onednn")
     # The CUDA path's fixed-shape chunks, run eagerly: 3 steps per chunk and rows padded to a multiple of 4.
     monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", path == "chunked")
-    monkeypatch.setattr(lstm_cuda_graphs, "STEPS_PER_GRAPH", 3)
-    monkeypatch.setattr(lstm_cuda_graphs, "ROW_MULTIPLE", 4)
+    monkeypatch.setattr(lstm_elmo, "STEPS_PER_GRAPH", 3)
+    monkeypatch.setattr(lstm_elmo, "ROW_MULTIPLE", 4)
     cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=len(lengths))

@@ -67,7 +67,7 @@ def test_reference_bilm_reproduces_tensorflow():
 def test_all_layers_match_reference(tmp_path, skip):
     """Every layer, with and without skip connections, on random weights in the official layout."""
     from hf_elmo.conversion import convert_original_checkpoint
-    from hf_elmo.original_checkpoint import write_random_checkpoint
+    from hf_elmo.checkpoints.bilm_tf import write_random_checkpoint
 
     options = tiny_options(use_skip_connections=skip)
     options_path, weights_path = write_random_checkpoint(options, tmp_path / "src", seed=3)

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
 from .tokenization_elmo import ElmoTokenizer
-from .embedding_jobs import embed_dataset
+from .jobs.datasets_job import embed_dataset
 from .pipelines import ElmoFeatureExtractionPipeline, register_pipeline as _register_pipeline
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)

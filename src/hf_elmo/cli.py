@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .original_checkpoint import CheckpointError
+from .checkpoints import CheckpointError
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -58,7 +58,7 @@ def run_convert(args: argparse.Namespace) -> None:
 def run_embed(args: argparse.Namespace) -> None:
     import torch
 
-    from .embed_file import embed_file
+    from .jobs.hdf5_job import embed_file
     from .modeling_elmo import ElmoModel
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -80,7 +80,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
 def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hf-elmo embed` (allennlp's `elmo` command)."""
-    from .embed_file import DEFAULT_BATCH_SIZE
+    from .jobs.hdf5_job import DEFAULT_BATCH_SIZE
 
     parser.add_argument("model", help="checkpoint folder or Hub repo id")
     parser.add_argument("input_file", type=Path, help="one sentence a line, words separated by whitespace")

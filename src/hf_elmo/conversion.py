@@ -14,7 +14,8 @@ import torch
 from .configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 from .download import resolve_file
 from .modeling_elmo import ElmoModel
-from .original_checkpoint import OFFICIAL_MODELS, CheckpointError, config_from_options, read_options, read_weights
+from .checkpoints import CheckpointError
+from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, read_options, read_weights
 from .tokenization_elmo import ElmoTokenizer
 
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")

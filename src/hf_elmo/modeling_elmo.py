@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_elmo import ElmoConfig
-from .lstm_cuda_graphs import LstmChunkRunner, chunk_shape
+from .lstm_elmo import LstmChunkRunner, chunk_shape
 from .tokenization_elmo import BOS_WORD, EOS_WORD, word_to_char_ids
 
 # Words per character-CNN call: bounds the (words, filters, positions) activations (about 90 MB for the

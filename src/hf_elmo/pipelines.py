@@ -26,7 +26,7 @@ import torch
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
 
-from .embedding_jobs import REPRESENTATIONS, check_options, masked_mean, select_representation
+from .jobs.datasets_job import REPRESENTATIONS, check_options, masked_mean, select_representation
 
 ELMO_FEATURE_EXTRACTION_TASK = "elmo-feature-extraction"
 

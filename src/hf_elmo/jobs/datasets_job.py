@@ -59,12 +59,12 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 import torch
 
-from .tokenization_elmo import ElmoTokenizer
+from ..tokenization_elmo import ElmoTokenizer
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from .modeling_elmo import ElmoModel
+    from ..modeling_elmo import ElmoModel
 
 Representation = Literal["mix", "top", "all"]
 Pooling = Union[Literal["mean"], None]
@@ -295,7 +295,7 @@ class ElmoEmbedFunction:
 
 
 def _load_model(source: str, dtype: torch.dtype | None) -> ElmoModel:
-    from .modeling_elmo import ElmoModel
+    from ..modeling_elmo import ElmoModel
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return ElmoModel.from_pretrained(source, **kwargs).eval()
@@ -314,7 +314,7 @@ def clean_worker_processes() -> Iterator[None]:
     previous = multiprocess.get_start_method(allow_none=True)
     if "forkserver" in multiprocess.get_all_start_methods():
         # Only read when the fork server starts (once per process); "__main__" is multiprocessing's default.
-        multiprocess.set_forkserver_preload(["__main__", "datasets", "hf_elmo.embedding_jobs"])
+        multiprocess.set_forkserver_preload(["__main__", "datasets", "hf_elmo.jobs.datasets_job"])
         multiprocess.set_start_method("forkserver", force=True)
     else:
         multiprocess.set_start_method("spawn", force=True)

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
+from . import CheckpointError
+from ..configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 
 REQUIRED_OPTIONS = {
     "lstm": ("dim", "projection_dim", "n_layers", "cell_clip", "proj_clip", "use_skip_connections"),
@@ -28,10 +29,6 @@ OFFICIAL_MODELS = {
     "medium": (2048, 256, 1),
     "original": (4096, 512, 2),
 }
-
-
-class CheckpointError(ValueError):
-    """An original checkpoint that cannot be converted; the message names the file and what is wrong."""
 
 
 def official_options(name: str) -> dict[str, Any]:

@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from .embedding_jobs import model_fingerprint
-from .tokenization_elmo import ElmoTokenizer
+from .datasets_job import model_fingerprint
+from ..tokenization_elmo import ElmoTokenizer
 
 if TYPE_CHECKING:
-    from .modeling_elmo import ElmoModel
+    from ..modeling_elmo import ElmoModel
 
 logger = logging.getLogger(__name__)
 
