@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_elmo import lstm_elmo, modeling_elmo
+from hf_elmo import lstm_elmo
 from hf_elmo.configuration_elmo import ElmoConfig
+from hf_elmo.lstm_elmo import ElmoRuntimeOptions, GraphCache, GraphDriver
 from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder, ElmoModel
 from hf_elmo.tokenization_elmo import word_to_char_ids
 
@@ -36,7 +37,7 @@ def randomize(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 def test_inference_linear_uses_onednn_on_cpu_and_matches_f_linear(monkeypatch):
-    assert modeling_elmo._onednn_linear_works()
+    assert lstm_elmo._onednn_linear_works()
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
 
@@ -50,12 +51,12 @@ def test_inference_linear_uses_onednn_on_cpu_and_matches_f_linear(monkeypatch):
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=generator) for shape in ((28, 64), (256, 64), (256,)))
     with torch.inference_mode():
-        fast = modeling_elmo.inference_linear(x, weight, bias)
+        fast = lstm_elmo.inference_linear(x, weight, bias)
         assert calls == [(28, 64)]
         assert torch.allclose(fast, F.linear(x, weight, bias), atol=1e-5)
-        modeling_elmo.inference_linear(x.double(), weight.double())  # other dtypes take F.linear
-        modeling_elmo.inference_linear(x.t().contiguous().t(), weight)  # so do non-contiguous inputs
-    modeling_elmo.inference_linear(x, weight.requires_grad_())  # and autograd
+        lstm_elmo.inference_linear(x.double(), weight.double())  # other dtypes take F.linear
+        lstm_elmo.inference_linear(x.t().contiguous().t(), weight)  # so do non-contiguous inputs
+    lstm_elmo.inference_linear(x, weight.requires_grad_())  # and autograd
     assert len(calls) == 1
 
 
@@ -105,6 +106,16 @@ def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
     return outputs, (final_h, final_c)
 
 
+# Small chunks so that the tests cross chunk boundaries: input projections of 7 rows x steps (eager), and the CUDA
+# path's fixed-shape chunks run eagerly with 3 steps per chunk and rows padded to a multiple of 4 (graphs).
+PATHS = {
+    "onednn": ElmoRuntimeOptions(lstm_backend="eager", input_chunk_rows=7),
+    "torch-linear": ElmoRuntimeOptions(lstm_backend="eager", input_chunk_rows=7, use_onednn=False),
+    "graphs": ElmoRuntimeOptions(lstm_backend="graphs", graph_steps=3, graph_row_multiple=4),
+    "autograd": ElmoRuntimeOptions(lstm_backend="autograd"),
+}
+
+
 @pytest.mark.parametrize(
     "lengths, skip, clip, with_state",
     [
@@ -116,17 +127,11 @@ def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
         ([3, 0, 5], True, 3.0, True),  # an empty row keeps its initial state
     ],
 )
-@pytest.mark.parametrize("path", ["onednn", "torch-linear", "chunked"])
-def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, path, monkeypatch):
-    # Small row chunks so the tests also cross the input-projection chunk boundaries.
-    monkeypatch.setattr(modeling_elmo, "LSTM_CHUNK_ROWS", 7)
-    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", path == "onednn")
-    # The CUDA path's fixed-shape chunks, run eagerly: 3 steps per chunk and rows padded to a multiple of 4.
-    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", path == "chunked")
-    monkeypatch.setattr(lstm_elmo, "STEPS_PER_GRAPH", 3)
-    monkeypatch.setattr(lstm_elmo, "ROW_MULTIPLE", 4)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, path):
     cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
     encoder = ElmoBiLstm(cfg)
+    encoder.runtime_options = PATHS[path]
     randomize(encoder, seed=len(lengths))
     generator = torch.Generator().manual_seed(1)
     batch, steps = len(lengths), max(lengths) + 2  # trailing padding beyond the longest row too
@@ -177,11 +182,11 @@ def reference_char_cnn(encoder: ElmoCharacterEncoder, char_ids: torch.Tensor) ->
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_length_cut_char_cnn_matches_full_width(activation, onednn, monkeypatch):
-    monkeypatch.setattr(modeling_elmo, "CNN_CHUNK_WORDS", 5)  # several chunks of different cut lengths
-    monkeypatch.setattr(modeling_elmo, "USE_ONEDNN", onednn)
+def test_length_cut_char_cnn_matches_full_width(activation, onednn):
     cfg = tiny_config(char_activation=activation)
     encoder = ElmoCharacterEncoder(cfg)
+    # several chunks of different cut lengths
+    encoder.runtime_options = ElmoRuntimeOptions(cnn_chunk_words=5, use_onednn=onednn)
     randomize(encoder, seed=2, scale=0.25)
     c = cfg.max_characters_per_token
     words = ["a", "the", "ELMo", "x" * 48, "y" * 60, "<S>", "</S>", "naïve", "😀", "mid-length", "z" * 43]
@@ -209,14 +214,14 @@ def test_length_cut_char_cnn_matches_full_width(activation, onednn, monkeypatch)
 # ---------------------------------------------------------------------------------------------------------- model
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["cpu-loop", "chunked"])
-def test_batch_outputs_equal_each_sentence_alone(chunked, monkeypatch):
+@pytest.mark.parametrize("backend", ["eager", "graphs"])
+def test_batch_outputs_equal_each_sentence_alone(backend):
     """Packing sentences into shared rows must not leak anything between them."""
-    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", chunked)
     cfg = tiny_config()
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the character CNN keeps its initialisation from the global generator
         model = ElmoModel(cfg).eval()
+    model.set_runtime_options(lstm_backend=backend)
     randomize(model.encoder, seed=7, scale=0.25)
     generator = torch.Generator().manual_seed(4)
     lengths = [5, 1, 9, 3, 9, 2, 4]
@@ -269,8 +274,8 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
     inputs, lengths = torch.randn(3, 6, cfg.projection_dim), torch.tensor([6, 2, 4])
     with torch.inference_mode():
         before, _ = encoder(inputs, lengths)
-    assert set(encoder.layers[0].prepacked) == {"recurrent0", "recurrent1", "projection0", "projection1"}
-    assert not any("prepacked" in key for key in encoder.state_dict())
+    assert set(encoder.layers[0].runtime_cache) == {"recurrent0", "recurrent1", "projection0", "projection1"}
+    assert not any("runtime_cache" in key for key in encoder.state_dict())
     with torch.no_grad():  # as an optimizer step or load_state_dict would
         for layer in encoder.layers:
             layer.recurrent_weight.mul_(0.5)
@@ -282,31 +287,30 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
         assert torch.allclose(actual.double(), wanted, atol=ATOL)
     assert not torch.allclose(before[-1], after[-1], atol=1e-3)
     copied = copy.deepcopy(encoder)  # oneDNN's opaque copies are not copied (nor pickled) with the model
-    assert not copied.layers[0].prepacked
+    assert not copied.layers[0].runtime_cache
     buffer = io.BytesIO()
     torch.save(encoder, buffer)
     with torch.inference_mode():
         for a, b in zip(after, copied(inputs, lengths)[0]):
             assert torch.equal(a, b)
     encoder.train()
-    assert not encoder.layers[0].prepacked  # dropped when switching modes
+    assert not encoder.layers[0].runtime_cache  # dropped when switching modes
 
 
-def test_chunk_runner_captures_once_per_shape_and_falls_back_when_capture_fails(monkeypatch):
+def test_graph_driver_captures_once_per_shape_and_falls_back_when_capture_fails(monkeypatch):
     """The CUDA-graph bookkeeping, on CPU: a stand-in capture replays the chunk function eagerly."""
-    monkeypatch.setattr(modeling_elmo, "FORCE_CHUNKED_LSTM", True)
     cfg = tiny_config()
     encoder = ElmoBiLstm(cfg)
+    encoder.runtime_options = ElmoRuntimeOptions(lstm_backend="graphs")
     randomize(encoder, seed=8)
-    runner = encoder.chunk_runner
-    runner.capture_devices = ("cpu",)
+    monkeypatch.setattr(GraphDriver, "capture_devices", ("cpu",))
     captured = []
 
     def fake_capture(run, device):
         captured.append(device)
         return run
 
-    monkeypatch.setattr(runner, "_capture", fake_capture)
+    monkeypatch.setattr(GraphCache, "capture", staticmethod(fake_capture))
     generator = torch.Generator().manual_seed(9)
     inputs = torch.randn(5, 8, cfg.projection_dim, generator=generator)
     lengths = torch.tensor([8, 3, 6, 2, 7])
@@ -317,15 +321,57 @@ def test_chunk_runner_captures_once_per_shape_and_falls_back_when_capture_fails(
             for actual, wanted in zip(outputs, expected):
                 assert torch.allclose(actual.double(), wanted, atol=ATOL)
     assert len(captured) == cfg.num_hidden_layers  # one graph per layer, reused
+    assert all(len(layer.runtime_cache["graphs"].graphs) == 1 for layer in encoder.layers)
     encoder.float()  # moving or casting drops graphs and buffers
-    assert not runner._graphs and not runner._buffers
+    assert not any(layer.runtime_cache for layer in encoder.layers)
 
     def failing_capture(run, device):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(runner, "_capture", failing_capture)
+    monkeypatch.setattr(GraphCache, "capture", staticmethod(failing_capture))
     with torch.inference_mode(), pytest.warns(RuntimeWarning, match="capture of the ELMo LSTM failed"):
         outputs, _ = encoder(inputs, lengths)
-    assert runner.capture_failed
+    assert all(layer.runtime_cache["graphs"].capture_failed for layer in encoder.layers)
     for actual, wanted in zip(outputs, expected):
         assert torch.allclose(actual.double(), wanted, atol=ATOL)
+
+
+def test_backward_stream_given_explicitly_equals_the_reversed_rows():
+    """`backward_inputs` (a caller-made backward stream, as the LM's streaming mode needs) read in its own order."""
+    cfg = tiny_config()
+    encoder = ElmoBiLstm(cfg)
+    randomize(encoder, seed=13)
+    generator = torch.Generator().manual_seed(14)
+    lengths = torch.tensor([5, 2, 7])
+    inputs = torch.randn(3, 7, cfg.projection_dim, generator=generator)
+    reversed_rows = torch.zeros_like(inputs)
+    for b, n in enumerate(lengths.tolist()):
+        reversed_rows[b, :n] = inputs[b, :n].flip(0)
+    with torch.inference_mode():
+        default, _ = encoder(inputs, lengths)
+        given, _ = encoder(inputs, lengths, backward_inputs=reversed_rows)
+    p = cfg.projection_dim
+    for layer_default, layer_given in zip(default, given):
+        assert torch.equal(layer_default[..., :p], layer_given[..., :p])
+        for b, n in enumerate(lengths.tolist()):
+            assert torch.allclose(layer_default[b, :n, p:].flip(0), layer_given[b, :n, p:], atol=ATOL)
+
+
+def test_runtime_options_are_arguments_not_configuration(tmp_path):
+    """Runtime settings change how the model runs, never its numbers, and never reach config.json."""
+    cfg = tiny_config()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ElmoModel(cfg).eval()
+    model.save_pretrained(tmp_path)
+    assert "prepack_cpu_weights" not in (tmp_path / "config.json").read_text()
+    ids = torch.tensor([[word_to_char_ids(w, cfg.max_characters_per_token) for w in ("a", "bc", "def")]])
+    loaded = ElmoModel.from_pretrained(tmp_path, prepack_cpu_weights=False, lstm_backend="graphs").eval()
+    assert loaded.encoder.runtime_options.prepack_cpu_weights is False
+    assert loaded.char_encoder.runtime_options.lstm_backend == "graphs"
+    with torch.inference_mode():
+        assert torch.allclose(model(ids).last_hidden_state, loaded(ids).last_hidden_state, atol=ATOL)
+    with pytest.raises(ValueError, match="unknown runtime option"):
+        loaded.set_runtime_options(prepack=True)
+    with pytest.raises(ValueError, match="lstm_backend must be one of"):
+        loaded.set_runtime_options(lstm_backend="fast")

@@ -33,9 +33,9 @@ class ElmoConfig(PretrainedConfig):
         mix_dropout: Dropout on the ELMo vector in train mode (allennlp's `Elmo` uses 0.5).
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
-        prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's recurrent and projection
-            weights in oneDNN's blocked layout (1.3-1.4x faster for Original, for 168 MB more memory). Set
-            `False` (for example `from_pretrained(path, prepack_cpu_weights=False)`) to save that memory.
+
+    How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
+    `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
     """
 
     model_type = "elmo"
@@ -58,7 +58,6 @@ class ElmoConfig(PretrainedConfig):
         do_layer_norm: bool = False,
         mix_dropout: float = 0.5,
         num_cached_words: int = 0,
-        prepack_cpu_weights: bool = True,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -77,7 +76,8 @@ class ElmoConfig(PretrainedConfig):
         self.do_layer_norm = do_layer_norm
         self.mix_dropout = mix_dropout
         self.num_cached_words = num_cached_words
-        self.prepack_cpu_weights = prepack_cpu_weights
+        # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
+        kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)
         self._validate()
 

@@ -1,171 +1,608 @@
 """
-The biLSTM recurrence for GPUs: fixed-shape chunks of time steps, captured once as CUDA graphs and replayed.
+ELMo's LSTM: one cell step, one way of packing sentences into rows, and the drivers that run them.
 
-On a GPU each time step is a dozen small kernels (a matmul per direction pair, the gate nonlinearities, the
-clipping, the projection), so an eager step loop is bound by kernel-launch latency rather than by the GPU. Here a
-chunk of `STEPS_PER_GRAPH` steps is written so that nothing in it depends on the batch's values or on Python-side
-bookkeeping: which rows start a sentence at a step is a `keep` mask, initial states come in as tensors, and every
-result lands in a preallocated buffer. That chunk is captured as one CUDA graph per (layer, rows, dtype, flags)
-and replayed `ceil(S / STEPS_PER_GRAPH)` times per layer. On other devices (and wherever capture fails) the same
-chunk function runs eagerly, which is how the tests check it on CPU.
+Shapes: B = sentences, T = steps per sentence (padded), R = packed rows, S = packed steps, k = steps per chunk,
+P = projection size, H = LSTM cell size, In = input size. Direction axis: 0 = forward, 1 = backward.
 
-Shapes: R = packed rows (padded to a multiple of `ROW_MULTIPLE` so that graphs are reused across batches),
-k = `STEPS_PER_GRAPH`, P = projection size, H = LSTM cell size.
+The pieces, in the order a layer runs them:
+
+- `SentencePacking` packs a batch's sentences back to back into R rows of S steps (first-fit decreasing), the
+  backward stream holding each sentence reversed, so both directions step forward together and no step computes
+  padding. Where sentences start and end is kept once, per sentence (row, first step, last step); the drivers
+  derive what they need from it chunk by chunk (a reset mask, initial states placed at first steps, final states
+  gathered at last steps).
+- `lstm_cell` is the cell's pointwise math (TensorFlow's `LSTMCell` with `num_proj`: gates in PyTorch's order
+  input, forget, candidate, output, the forget bias folded into the bias, cell clipping), for either direction
+  alone or both at once, in place or out of place. Each driver adds the recurrent matmul before it and the
+  projection (and its clipping) after it.
+- A driver runs the steps of one layer, chunk by chunk: `EagerDriver` (inference on any device: in place, the
+  per-step matmuls on CPU through oneDNN with prepacked weights), `AutogradDriver` (training: no in-place updates,
+  so autograd can record every step), `GraphDriver` (inference in fixed-shape chunks with no host-side control
+  flow, captured as one CUDA graph per shape on GPUs and run eagerly elsewhere).
+- `select_driver` is the one dispatcher, from the device, autograd and `ElmoRuntimeOptions.lstm_backend`; a new
+  backend (a fused training kernel, say) is one more entry in `LSTM_DRIVERS`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
-# Steps per captured graph: larger saves replays, smaller bounds the (2, k, R, 4H) input buffer.
-STEPS_PER_GRAPH = 8
-# Packed rows are padded to a multiple of this, so that batches of similar size share graphs.
-ROW_MULTIPLE = 8
-
-
-def chunk_shape() -> tuple[int, int]:
-    """`(ROW_MULTIPLE, STEPS_PER_GRAPH)`: what a packing plan for `LstmChunkRunner` is padded to."""
-    return ROW_MULTIPLE, STEPS_PER_GRAPH
-
-
-def lstm_steps(
-    pre: torch.Tensor,
-    keep: torch.Tensor,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    recurrent_weight: torch.Tensor,
-    projection_weight: torch.Tensor,
-    output: torch.Tensor,
-    cell_history: torch.Tensor | None,
-    start_h: torch.Tensor | None,
-    start_c: torch.Tensor | None,
-    cell_clip: float | None,
-    proj_clip: float | None,
-) -> None:
-    """
-    k steps of both directions of one layer, in place and without host synchronisation.
-
-    Args:
-        pre: `(2, k, R, 4H)` input contributions plus bias, gates in (input, forget, candidate, output) order.
-        keep: `(k, R, 1)` 0.0 where a sentence starts at that step (the state is reset), else 1.0.
-        h, c: `(2, R, P)` / `(2, R, H)` running state, updated.
-        recurrent_weight, projection_weight: `(2, 4H, P)` / `(2, P, H)`.
-        output: `(2, k, R, P)` receives each step's projected output.
-        cell_history: `(2, k, R, H)` receives each step's cell, or None.
-        start_h, start_c: `(2, k, R, P)` / `(2, k, R, H)` initial states placed where `keep` is 0 (zero
-            elsewhere), or None for zero initial states.
-    """
-    lstm_dim = c.shape[-1]
-    recurrent_t, projection_t = recurrent_weight.transpose(1, 2), projection_weight.transpose(1, 2)
-    for t in range(pre.shape[1]):
-        h.mul_(keep[t])
-        c.mul_(keep[t])
-        if start_h is not None:
-            h.add_(start_h[:, t])
-            c.add_(start_c[:, t])
-        gates = torch.baddbmm(pre[:, t], h, recurrent_t)
-        input_gate, forget_gate = gates[..., :lstm_dim].sigmoid(), gates[..., lstm_dim : 2 * lstm_dim].sigmoid()
-        candidate = gates[..., 2 * lstm_dim : 3 * lstm_dim].tanh()
-        output_gate = gates[..., 3 * lstm_dim :].sigmoid()
-        c.mul_(forget_gate).addcmul_(input_gate, candidate)
-        if cell_clip is not None:
-            c.clamp_(-cell_clip, cell_clip)
-        new_h = torch.bmm(output_gate * c.tanh(), projection_t)
-        if proj_clip is not None:
-            new_h.clamp_(-proj_clip, proj_clip)
-        h.copy_(new_h)
-        output[:, t] = new_h
-        if cell_history is not None:
-            cell_history[:, t] = c
+LSTM_BACKENDS = ("auto", "eager", "graphs", "autograd")
 
 
 @dataclass
-class _StaticBuffers:
-    """Inputs and outputs of one chunk at a fixed shape; the graphs read and write only these."""
-
-    pre: torch.Tensor
-    keep: torch.Tensor
-    h: torch.Tensor
-    c: torch.Tensor
-    output: torch.Tensor
-    cell_history: torch.Tensor | None
-    start_h: torch.Tensor | None
-    start_c: torch.Tensor | None
-
-
-class LstmChunkRunner:
+class ElmoRuntimeOptions:
     """
-    Runs `lstm_steps` chunk by chunk over a packed layer, replaying a captured CUDA graph per chunk on CUDA
-    (eagerly elsewhere). One runner lives on each `ElmoBiLstm`; graphs and buffers are cached by shape.
+    How a model runs, never what it computes (outputs agree within float rounding whatever is chosen). Set with
+    `from_pretrained(path, **options)` or `model.set_runtime_options(**options)`; never stored in config.json.
+
+    Args:
+        lstm_backend: `"auto"` (CUDA graphs on GPUs, the eager loop elsewhere, autograd when gradients are needed),
+            `"eager"`, `"graphs"` (fixed-shape chunks; captured only on CUDA), or `"autograd"`.
+        prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's per-step weights in oneDNN's
+            blocked layout (1.3-1.4x faster for Original, for 168 MB more memory).
+        use_onednn: Run float32 CPU inference matmuls through oneDNN rather than torch's default BLAS.
+        cnn_chunk_words: Words per character-CNN call: bounds the (words, filters, positions) activations.
+        input_chunk_rows: Packed rows x steps whose LSTM input projections are one GEMM (eager driver).
+        graph_steps: Steps per chunk of the graph driver (one captured graph each).
+        graph_row_multiple: The graph driver pads rows to a multiple of this, so batches of similar size share graphs.
     """
 
-    def __init__(self) -> None:
-        self._buffers: dict[tuple, _StaticBuffers] = {}
-        self._graphs: dict[tuple, Callable[[], None]] = {}
-        self.capture_devices: tuple[str, ...] = ("cuda",)
-        self.capture_failed = False
+    lstm_backend: str = "auto"
+    prepack_cpu_weights: bool = True
+    use_onednn: bool = True
+    cnn_chunk_words: int = 512
+    input_chunk_rows: int = 256
+    graph_steps: int = 8
+    graph_row_multiple: int = 8
 
-    def __deepcopy__(self, memo):  # graphs and their buffers belong to this model's tensors: a copy starts afresh
+    def __post_init__(self) -> None:
+        if self.lstm_backend not in LSTM_BACKENDS:
+            raise ValueError(f"lstm_backend must be one of {LSTM_BACKENDS}, got {self.lstm_backend!r}")
+        for name in ("cnn_chunk_words", "input_chunk_rows", "graph_steps", "graph_row_multiple"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+
+# ------------------------------------------------------------------------------------------- CPU matmuls (oneDNN)
+_onednn_works: bool | None = None
+
+
+def _onednn_linear_works() -> bool:
+    """Whether torch's oneDNN linear kernel exists in this build and agrees with `F.linear` (checked once)."""
+    global _onednn_works
+    if _onednn_works is None:
+        try:
+            x, weight, bias = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4)
+            got = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+            _onednn_works = bool(torch.allclose(got, F.linear(x, weight, bias), atol=1e-5))
+        except Exception:  # an op missing from this build, or a CPU oneDNN does not support
+            _onednn_works = False
+    return _onednn_works
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `inference_linear(x, weight)` would go through oneDNN (CPU, float32, no autograd, 2-D, contiguous)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32 == weight.dtype
+        and x.dim() == 2
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and torch.backends.mkldnn.enabled
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.is_available()
+        and _onednn_linear_works()
+    )
+
+
+def inference_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, use_onednn: bool = True
+) -> torch.Tensor:
+    """
+    `F.linear` for inference: `(N, In)` x `(Out, In)` (+ `(Out,)`) -> `(N, Out)`.
+
+    On CPU in float32 this calls oneDNN's matmul rather than torch's default BLAS: for the LSTM's shapes (a few
+    dozen rows against a 512 x 16384 weight) oneDNN ran at 1.4-2.8x MKL's speed on the benchmark's AMD machine
+    (`benchmarks/README.md`). Anything else (autograd, other devices and dtypes) takes `F.linear`. `weight`
+    may also be a copy prepacked by `prepack_weight`.
+    """
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+    if use_onednn and onednn_applies(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class RuntimeCache(dict):
+    """A layer's tensors derived from its weights (oneDNN-prepacked copies, captured CUDA graphs): never copied
+    or pickled (oneDNN's opaque tensors cannot be, graphs belong to these very tensors); a copied or unpickled
+    model derives its own on first use, and moving or casting the weights clears it."""
+
+    def __deepcopy__(self, memo):
         return type(self)()
 
     def __reduce__(self):
         return (type(self), ())
 
-    def clear(self) -> None:
-        self._buffers.clear()
-        self._graphs.clear()
 
-    def _static(self, like: torch.Tensor, rows: int, lstm_dim: int, proj_dim: int, with_state: bool,
-                with_history: bool) -> tuple[tuple, _StaticBuffers]:
+def prepack_weight(weight: torch.Tensor, like: torch.Tensor, cache: RuntimeCache, key: str) -> torch.Tensor:
+    """
+    `weight` `(Out, In)` in oneDNN's own blocked layout, for repeated `inference_linear(x, ...)` calls with inputs
+    like `like`; `weight` itself where oneDNN does not apply. The copy is kept in `cache[key]` until `weight`
+    changes (a new tensor, or an in-place update, which bumps its version).
+
+    Without it oneDNN re-lays out the weight on every call: for the LSTM's per-step matmuls that is most of their
+    time (a 512 x 16384 weight against ~30 rows), at the price of one more copy of the weights in memory.
+    """
+    if not onednn_applies(like, weight):
+        return weight
+    version = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cached = cache.get(key)
+    if cached is None or cached[0] != version:
+        cached = cache[key] = (version, torch.ops.mkldnn._reorder_linear_weight(weight))
+    return cached[1]
+
+
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """In-place tanh as `2 * sigmoid(2x) - 1`: torch's CPU tanh is ~6x slower than its sigmoid; error < 2e-7 in
+    float32 (not for half precision, where the subtraction cancels: see `lstm_cell`'s `fast_tanh`)."""
+    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+# --------------------------------------------------------------------------------------------------- the cell
+def lstm_cell(
+    gates: torch.Tensor,
+    c: torch.Tensor,
+    cell_clip: float | None,
+    *,
+    inplace: bool,
+    fast_tanh: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The pointwise part of one LSTM step, for any leading shape (one direction `(R, ...)` or both `(2, R, ...)`).
+
+    Args:
+        gates: `(..., 4H)` pre-activations (input, recurrent and bias summed), in (input, forget, candidate,
+            output) order. Overwritten when `inplace`.
+        c: `(..., H)` previous cell, updated in place when `inplace`.
+        fast_tanh: tanh through a sigmoid (`tanh_`): faster on CPU, for float32 only.
+        out: `(..., H)` contiguous buffer for the result when `inplace` (required then).
+    Returns:
+        The cell output before the projection, `o * tanh(c_new)` `(..., H)`, and `c_new` `(..., H)`.
+    """
+    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=-1)
+    if not inplace:
+        c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        if cell_clip is not None:
+            c = c.clamp(-cell_clip, cell_clip)
+        return torch.sigmoid(output_gate) * torch.tanh(c), c
+    tanh_inplace = tanh_ if fast_tanh else torch.Tensor.tanh_
+    c.mul_(forget_gate.sigmoid_()).addcmul_(input_gate.sigmoid_(), tanh_inplace(candidate))
+    if cell_clip is not None:
+        c.clamp_(-cell_clip, cell_clip)
+    return tanh_inplace(out.copy_(c)).mul_(output_gate.sigmoid_()), c
+
+
+def _clip_(h: torch.Tensor, proj_clip: float | None) -> torch.Tensor:
+    return h if proj_clip is None else h.clamp_(-proj_clip, proj_clip)
+
+
+# ------------------------------------------------------------------------------------------------- the packing
+class SentencePacking:
+    """
+    Where each sentence sits when a batch is packed into rows: sentence b occupies steps `offset[b] ..
+    offset[b] + length[b] - 1` of row `row[b]` in both streams. The backward stream holds it reversed, or, with
+    `reverse_backward=False`, holds a second input as it is given (a caller-made backward stream).
+
+    `rows` and `steps` are padded up to multiples of `row_multiple` / `step_multiple` (the graph driver's fixed
+    shapes); padding slots read a zero vector and are never read back.
+    """
+
+    def __init__(self, lengths: torch.Tensor, max_steps: int, row_multiple: int = 1, step_multiple: int = 1,
+                 reverse_backward: bool = True):
+        self.device = device = lengths.device
+        length_list = [int(n) for n in lengths.tolist()]
+        batch = len(length_list)
+        capacity = max(length_list, default=0)
+        order = sorted(range(batch), key=lambda b: -length_list[b])  # first-fit decreasing
+        fill: list[int] = []
+        row, offset = [0] * batch, [0] * batch
+        for b in order:
+            n = length_list[b]
+            for r, used in enumerate(fill):
+                if used + n <= capacity:
+                    break
+            else:
+                r = len(fill)
+                fill.append(0)
+            row[b], offset[b] = r, fill[r]
+            fill[r] += n
+        self.batch = batch
+        self.rows = -(-max(len(fill), 1) // row_multiple) * row_multiple
+        self.steps = -(-max(capacity, 1) // step_multiple) * step_multiple
+        # The one record of where sentences start and end (empty sentences have neither), on the host ...
+        nonempty = [b for b in range(batch) if length_list[b] > 0]
+        self._sentences = nonempty
+        self._rows = [row[b] for b in nonempty]
+        self._first = [offset[b] for b in nonempty]
+        self._last = [offset[b] + length_list[b] - 1 for b in nonempty]
+        self.start_steps = frozenset(self._first)
+        # ... and as a (S, R, 1) mask, True where a sentence starts (its state is reset there).
+        self.resets = torch.zeros(self.steps, self.rows, 1, dtype=torch.bool, device=device)
+        self.resets[self._as_tensor(self._first), self._as_tensor(self._rows)] = True
+        self._chunk_events: dict[tuple[str, int, int], tuple[torch.Tensor, ...]] = {}
+
+        # Packed slot (d, s, r) <- row of the flattened inputs `(B * T, P)` (then the backward inputs, if given),
+        # or the zero row after them.
+        rows_t, offsets_t, lengths_t = (self._as_tensor(v) for v in (row, offset, length_list))
+        t = torch.arange(max_steps, device=device)
+        valid = t[None, :] < lengths_t[:, None]  # (B, T)
+        step_of = offsets_t[:, None] + t[None, :]  # packed step of (b, t) in the forward stream
+        backward_step = offsets_t[:, None] + lengths_t[:, None] - 1 - t[None, :] if reverse_backward else step_of
+        token = torch.arange(batch, device=device)[:, None] * max_steps + t[None, :]
+        n_tokens = batch * max_steps * (1 if reverse_backward else 2)
+        source = torch.full((2, self.steps, self.rows), n_tokens, dtype=torch.long, device=device)
+        r = rows_t[:, None].expand(-1, max_steps)
+        source[0, step_of[valid], r[valid]] = token[valid]
+        source[1, backward_step[valid], r[valid]] = token[valid] + (0 if reverse_backward else batch * max_steps)
+        self.source_index = source.view(-1)
+        # Output (b, t) <- packed flat rows of (2 * S * R, P), interleaved (forward, backward) so that one gather
+        # gives (B, T, 2, P), i.e. (B, T, 2P); padding reads row 0 and is zeroed.
+        self.valid = valid
+        forward_index = torch.where(valid, step_of * self.rows + r, 0)
+        backward_index = torch.where(valid, (self.steps + backward_step) * self.rows + r, 0)
+        self.output_index = torch.stack([forward_index, backward_index], dim=-1).view(-1)
+
+    def _as_tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def pack(self, inputs: torch.Tensor, backward_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, T, P)` inputs (and the backward stream's, if given) -> packed `(2, S, R, P)`."""
+        dim = inputs.shape[-1]
+        parts = [inputs.reshape(-1, dim)]
+        if backward_inputs is not None:
+            parts.append(backward_inputs.reshape(-1, dim))
+        flat = torch.cat([*parts, inputs.new_zeros(1, dim)])
+        return flat.index_select(0, self.source_index).view(2, self.steps, self.rows, dim)
+
+    def unpack(self, packed: torch.Tensor, steps: int) -> torch.Tensor:
+        """Packed `(2, S, R, P)` -> `(B, T, 2P)` `[forward, backward]`, zero at padding."""
+        flat = packed.reshape(-1, packed.shape[-1])
+        both = flat.index_select(0, self.output_index).view(self.batch, steps, 2 * packed.shape[-1])
+        return both.masked_fill_(~self.valid[..., None], 0.0)
+
+    def _events(self, kind: str, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """(sentence, row, step - start) of the sentences whose first (`kind="first"`) or last step lies in
+        `[start, stop)`, as device tensors built from host lists (no device-to-host synchronisation)."""
+        key = (kind, start, stop)
+        if key not in self._chunk_events:
+            steps = self._first if kind == "first" else self._last
+            chosen = [i for i, s in enumerate(steps) if start <= s < stop]
+            self._chunk_events[key] = (self._as_tensor([self._sentences[i] for i in chosen]),
+                                       self._as_tensor([self._rows[i] for i in chosen]),
+                                       self._as_tensor([steps[i] - start for i in chosen]))
+        return self._chunk_events[key]
+
+    def place_initial(self, state: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Per-sentence `(2, B, D)` -> `(2, stop - start, R, D)`: each sentence's state at its first step (if that
+        falls in the chunk), zero elsewhere."""
+        sentence, row, step = self._events("first", start, stop)
+        placed = state.new_zeros(2, stop - start, self.rows, state.shape[-1])
+        placed[:, step, row] = state[:, sentence]
+        return placed
+
+    def collect_final(self, final: torch.Tensor, history: torch.Tensor, start: int) -> torch.Tensor:
+        """Copy into `final` `(2, B, D)` the values at their last step of the sentences ending in the chunk
+        `history` `(2, k, R, D)` (starting at step `start`); out of place when autograd records."""
+        sentence, row, step = self._events("last", start, start + history.shape[1])
+        values = history[:, step, row]
+        if torch.is_grad_enabled():
+            return final.index_copy(1, sentence, values)
+        return final.index_copy_(1, sentence, values)
+
+
+# ------------------------------------------------------------------------------------------------- the drivers
+@dataclass
+class LayerWeights:
+    """One layer's weights in the run dtype, `nn.Linear` layout: `input` `(2, 4H, In)`, `recurrent`
+    `(2, 4H, P)`, `bias` `(2, 4H)`, `projection` `(2, P, H)`. `are_parameters` is False when they are converted
+    temporaries (another dtype), whose addresses a captured graph must not keep."""
+
+    input: torch.Tensor
+    recurrent: torch.Tensor
+    bias: torch.Tensor
+    projection: torch.Tensor
+    are_parameters: bool = True
+
+
+class LstmDriver:
+    """Runs one layer over a packing, chunk by chunk; subclasses define the chunks and the steps."""
+
+    row_multiple = 1
+    step_multiple = 1
+
+    def __init__(self, options: ElmoRuntimeOptions, clips: tuple[float | None, float | None]):
+        self.options = options
+        self.cell_clip, self.proj_clip = clips
+
+    def chunk_steps(self, packing: SentencePacking) -> int:
+        raise NotImplementedError
+
+    def run_layer(
+        self,
+        x: torch.Tensor,
+        packing: SentencePacking,
+        weights: LayerWeights,
+        initial: tuple[torch.Tensor, torch.Tensor] | None,
+        return_state: bool,
+        cache: dict,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """
+        Packed `(2, S, R, In)` -> packed outputs `(2, S, R, P)` and, if `return_state`, each sentence's final
+        `(h, c)` `(2, B, P)` / `(2, B, H)` (an empty sentence keeps its initial state, or zero).
+        `cache` is the layer's own store for derived data (prepacked weights, captured graphs).
+        """
+        steps, rows = x.shape[1], x.shape[2]
+        proj_dim, lstm_dim = weights.projection.shape[1:]
+        h = x.new_zeros(2, rows, proj_dim)
+        c = x.new_zeros(2, rows, lstm_dim)
+        final = None
+        if return_state:
+            final = (initial[0].clone(), initial[1].clone()) if initial is not None else (
+                x.new_zeros(2, packing.batch, proj_dim), x.new_zeros(2, packing.batch, lstm_dim))
+        k = self.chunk_steps(packing)
+        outputs = []
+        self.prepare(x, weights, cache)
+        for start in range(0, steps, k):
+            stop = min(start + k, steps)
+            start_h = start_c = None
+            if initial is not None and packing.start_steps.intersection(range(start, stop)):
+                start_h = packing.place_initial(initial[0], start, stop)
+                start_c = packing.place_initial(initial[1], start, stop)
+            out, cells, h, c = self.run_chunk(x[:, start:stop], packing, start, weights, h, c, start_h, start_c,
+                                              return_state)
+            outputs.append(out)
+            if return_state:
+                final = (packing.collect_final(final[0], out, start), packing.collect_final(final[1], cells, start))
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return output, final
+
+    def prepare(self, x: torch.Tensor, weights: LayerWeights, cache: dict) -> None:
+        """Set up per-call state (prepacked weights, graphs) before the first chunk."""
+
+    def run_chunk(self, x, packing, start, weights, h, c, start_h, start_c, return_state):
+        """`x` `(2, k, R, In)` -> outputs `(2, k, R, P)`, cells `(2, k, R, H)` (if `return_state`, else None), and
+        the state `(h, c)` after the chunk."""
+        raise NotImplementedError
+
+    @staticmethod
+    def input_projection(x: torch.Tensor, weights: LayerWeights) -> torch.Tensor:
+        """`(2, k, R, In)` -> `(2, k, R, 4H)`: every step's input contribution plus the bias, one GEMM per direction."""
+        k, rows, in_dim = x.shape[1:]
+        pre = torch.baddbmm(weights.bias[:, None], x.reshape(2, k * rows, in_dim), weights.input.transpose(1, 2))
+        return pre.view(2, k, rows, -1)
+
+    @staticmethod
+    def reset(h, c, resets, start_h, start_c, inplace: bool):
+        """Rows where a sentence starts take its initial state (zero without one). `resets` `(R, 1)` bool,
+        `start_h` / `start_c` `(2, R, D)` zero outside those rows."""
+        if inplace:
+            h.masked_fill_(resets, 0.0)
+            c.masked_fill_(resets, 0.0)
+            if start_h is not None:
+                h.add_(start_h)
+                c.add_(start_c)
+            return h, c
+        h, c = h.masked_fill(resets, 0.0), c.masked_fill(resets, 0.0)
+        if start_h is not None:
+            h, c = h + start_h, c + start_c
+        return h, c
+
+
+class EagerDriver(LstmDriver):
+    """
+    Inference on any device, in place. The input projections of `input_chunk_rows // R` steps are one GEMM per
+    direction; each step's recurrent and projection matmuls run per direction so that, on CPU in float32, they
+    go through oneDNN with weights prepacked once (`prepack_cpu_weights`).
+    """
+
+    def chunk_steps(self, packing: SentencePacking) -> int:
+        return max(1, min(packing.steps, self.options.input_chunk_rows // packing.rows))
+
+    def prepare(self, x, weights, cache):
+        h_like = x.new_empty(x.shape[2], weights.recurrent.shape[2])
+        c_like = x.new_empty(x.shape[2], weights.projection.shape[2])
+        self.recurrent, self.projection = list(weights.recurrent), list(weights.projection)
+        if self.options.prepack_cpu_weights and self.options.use_onednn:
+            self.recurrent = [prepack_weight(w, h_like, cache, f"recurrent{d}") for d, w in enumerate(weights.recurrent)]
+            self.projection = [prepack_weight(w, c_like, cache, f"projection{d}")
+                               for d, w in enumerate(weights.projection)]
+        self.fast_tanh = x.device.type == "cpu" and x.dtype == torch.float32
+        self.scratch = x.new_empty(x.shape[2], weights.projection.shape[2])
+
+    def run_chunk(self, x, packing, start, weights, h, c, start_h, start_c, return_state):
+        use_onednn = self.options.use_onednn
+        k, rows, in_dim = x.shape[1:]
+        pre = [inference_linear(x[d].reshape(-1, in_dim), weights.input[d], weights.bias[d], use_onednn).view(
+            k, rows, -1) for d in (0, 1)]
+        output = x.new_empty(2, k, rows, h.shape[-1])
+        cells = x.new_empty(2, k, rows, c.shape[-1]) if return_state else None
+        for t in range(k):
+            if start + t in packing.start_steps:
+                self.reset(h, c, packing.resets[start + t], None if start_h is None else start_h[:, t],
+                           None if start_c is None else start_c[:, t], inplace=True)
+            for d in (0, 1):
+                gates = pre[d][t].add_(inference_linear(h[d], self.recurrent[d], None, use_onednn))
+                m, _ = lstm_cell(gates, c[d], self.cell_clip, inplace=True, fast_tanh=self.fast_tanh,
+                                 out=self.scratch)
+                new_h = _clip_(inference_linear(m, self.projection[d], None, use_onednn), self.proj_clip)
+                output[d, t] = new_h
+                h[d] = new_h
+            if cells is not None:
+                cells[:, t] = c
+        return output, cells, h, c
+
+
+class AutogradDriver(LstmDriver):
+    """Training: the same steps without in-place updates, so autograd records them; one chunk per layer."""
+
+    def chunk_steps(self, packing: SentencePacking) -> int:
+        return packing.steps
+
+    def run_chunk(self, x, packing, start, weights, h, c, start_h, start_c, return_state):
+        pre = self.input_projection(x, weights)
+        recurrent_t, projection_t = weights.recurrent.transpose(1, 2), weights.projection.transpose(1, 2)
+        outputs, cells = [], []
+        for t in range(x.shape[1]):
+            if start + t in packing.start_steps:
+                h, c = self.reset(h, c, packing.resets[start + t], None if start_h is None else start_h[:, t],
+                                  None if start_c is None else start_c[:, t], inplace=False)
+            m, c = lstm_cell(torch.baddbmm(pre[:, t], h, recurrent_t), c, self.cell_clip, inplace=False)
+            h = torch.bmm(m, projection_t)
+            if self.proj_clip is not None:
+                h = h.clamp(-self.proj_clip, self.proj_clip)
+            outputs.append(h)
+            cells.append(c)
+        return torch.stack(outputs, dim=1), (torch.stack(cells, dim=1) if return_state else None), h, c
+
+
+@dataclass
+class _StaticBuffers:
+    """Inputs and outputs of one graph chunk at a fixed shape; a captured graph reads and writes only these."""
+
+    pre: torch.Tensor
+    resets: torch.Tensor
+    h: torch.Tensor
+    c: torch.Tensor
+    output: torch.Tensor
+    cells: torch.Tensor
+    scratch: torch.Tensor
+    start_h: torch.Tensor | None
+    start_c: torch.Tensor | None
+
+
+class GraphDriver(LstmDriver):
+    """
+    Fixed-shape chunks of `graph_steps` steps with nothing that depends on the batch's values or on host-side
+    bookkeeping: resets are a mask applied at every step, initial states come in as tensors, results land in
+    preallocated buffers. On CUDA each chunk is captured once per (rows, dtype, flags, weights) as a CUDA graph
+    and replayed; elsewhere, and wherever capture fails, the same chunk runs eagerly.
+
+    On a GPU each step is a dozen small kernels, so an eager step loop is bound by launch latency rather than by
+    the GPU; a replayed graph launches them all at once.
+    """
+
+    capture_devices: tuple[str, ...] = ("cuda",)
+
+    def __init__(self, options, clips):
+        super().__init__(options, clips)
+        self.row_multiple, self.step_multiple = options.graph_row_multiple, options.graph_steps
+
+    def chunk_steps(self, packing: SentencePacking) -> int:
+        return self.options.graph_steps
+
+    def prepare(self, x, weights, cache):
+        self.cache = cache.setdefault("graphs", GraphCache())
+        self.capturable = (x.device.type in self.capture_devices and not self.cache.capture_failed
+                           and weights.are_parameters)
+
+    def _buffers(self, like: torch.Tensor, rows: int, lstm_dim: int, proj_dim: int, with_state: bool) -> tuple:
         # Buffers made in inference mode cannot be updated outside it (and the other way round).
-        key = (like.device, like.dtype, STEPS_PER_GRAPH, rows, lstm_dim, proj_dim, with_state, with_history,
+        key = (like.device, like.dtype, self.options.graph_steps, rows, lstm_dim, proj_dim, with_state,
                torch.is_inference_mode_enabled())
-        if key not in self._buffers:
-            k = STEPS_PER_GRAPH
+        if key not in self.cache.buffers:
+            k = self.options.graph_steps
             new = lambda *shape: like.new_zeros(shape)  # noqa: E731
-            self._buffers[key] = _StaticBuffers(
-                pre=new(2, k, rows, 4 * lstm_dim), keep=new(k, rows, 1), h=new(2, rows, proj_dim),
-                c=new(2, rows, lstm_dim), output=new(2, k, rows, proj_dim),
-                cell_history=new(2, k, rows, lstm_dim) if with_history else None,
+            self.cache.buffers[key] = _StaticBuffers(
+                pre=new(2, k, rows, 4 * lstm_dim), resets=torch.zeros(k, rows, 1, dtype=torch.bool, device=like.device),
+                h=new(2, rows, proj_dim), c=new(2, rows, lstm_dim), output=new(2, k, rows, proj_dim),
+                cells=new(2, k, rows, lstm_dim), scratch=new(2, rows, lstm_dim),
                 start_h=new(2, k, rows, proj_dim) if with_state else None,
                 start_c=new(2, k, rows, lstm_dim) if with_state else None,
             )
-        return key, self._buffers[key]
+        return key, self.cache.buffers[key]
 
-    def _step_function(self, static: _StaticBuffers, weights, clips):
-        recurrent_weight, projection_weight = weights
+    def _steps(self, static: _StaticBuffers, weights: LayerWeights) -> Callable[[], None]:
+        recurrent_t, projection_t = weights.recurrent.transpose(1, 2), weights.projection.transpose(1, 2)
 
         def run() -> None:
-            lstm_steps(static.pre, static.keep, static.h, static.c, recurrent_weight, projection_weight,
-                       static.output, static.cell_history, static.start_h, static.start_c, *clips)
+            h, c = static.h, static.c
+            for t in range(static.pre.shape[1]):
+                self.reset(h, c, static.resets[t], None if static.start_h is None else static.start_h[:, t],
+                           None if static.start_c is None else static.start_c[:, t], inplace=True)
+                gates = torch.baddbmm(static.pre[:, t], h, recurrent_t)
+                m, _ = lstm_cell(gates, c, self.cell_clip, inplace=True, out=static.scratch)
+                h.copy_(_clip_(torch.bmm(m, projection_t), self.proj_clip))
+                static.output[:, t] = h
+                static.cells[:, t] = c
 
         return run
 
-    def _replay_function(self, key: tuple, static: _StaticBuffers, weights, clips, capturable: bool):
-        """The captured chunk's replay for this layer and shape, or None to run eagerly (a device without graphs,
-        temporary weights, or a failed capture)."""
-        if static.pre.device.type not in self.capture_devices or self.capture_failed or not capturable:
-            return None
+    def run_layer(self, x, packing, weights, initial, return_state, cache):
+        self.state_in_graph = initial is not None
+        return super().run_layer(x, packing, weights, initial, return_state, cache)
+
+    def run_chunk(self, x, packing, start, weights, h, c, start_h, start_c, return_state):
+        k, rows = x.shape[1:3]
+        key, static = self._buffers(x, rows, c.shape[-1], h.shape[-1], self.state_in_graph)
+        run = self._replay(key, static, weights) if self.capturable else None
+        if run is None:
+            run = self._steps(static, weights)
+        if start == 0:
+            static.h.zero_()
+            static.c.zero_()
+        torch.baddbmm(weights.bias[:, None], x.reshape(2, k * rows, -1), weights.input.transpose(1, 2),
+                      out=static.pre.view(2, k * rows, -1))
+        static.resets.copy_(packing.resets[start:start + k])
+        if static.start_h is not None:
+            if start_h is None:
+                static.start_h.zero_()
+                static.start_c.zero_()
+            else:
+                static.start_h.copy_(start_h)
+                static.start_c.copy_(start_c)
+        run()
+        return static.output.clone(), (static.cells.clone() if return_state else None), static.h, static.c
+
+    def _replay(self, key: tuple, static: _StaticBuffers, weights: LayerWeights) -> Callable[[], None] | None:
+        """The captured chunk's replay for this shape and these weights, or None to run eagerly."""
         # A graph holds the weights' addresses: it stays valid for in-place updates, not for moved weights.
-        graph_key = key + tuple(w.data_ptr() for w in weights) + (clips,)
-        replay = self._graphs.get(graph_key)
+        graph_key = key + (weights.recurrent.data_ptr(), weights.projection.data_ptr(), self.cell_clip,
+                           self.proj_clip)
+        replay = self.cache.graphs.get(graph_key)
         if replay is None:
             try:
-                replay = self._capture(self._step_function(static, weights, clips), static.pre.device)
+                replay = self.cache.capture(self._steps(static, weights), static.pre.device)
             except Exception as error:  # a driver or torch build that cannot capture: stay correct, run eagerly
                 warnings.warn(f"CUDA graph capture of the ELMo LSTM failed ({error}); running it eagerly",
-                              RuntimeWarning, stacklevel=4)
-                self.capture_failed = True
+                              RuntimeWarning, stacklevel=6)
+                self.cache.capture_failed = True
                 return None
-            self._graphs[graph_key] = replay
+            self.cache.graphs[graph_key] = replay
         return replay
 
+
+class GraphCache:
+    """A layer's captured graphs and their static buffers, by shape (kept in the layer's `RuntimeCache`)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, _StaticBuffers] = {}
+        self.graphs: dict[tuple, Callable[[], None]] = {}
+        self.capture_failed = False
+
     @staticmethod
-    def _capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    def capture(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
         """Capture `run` as a CUDA graph on `device`; returns its replay."""
         side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -177,53 +614,34 @@ class LstmChunkRunner:
             run()
         return graph.replay
 
-    def run_layer(
-        self,
-        x: torch.Tensor,
-        plan,
-        weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-        initial: tuple[torch.Tensor, torch.Tensor] | None,
-        return_state: bool,
-        clips: tuple[float | None, float | None],
-        capturable: bool = True,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """
-        `x`: packed `(2, S, R, In)` with `S` a multiple of `STEPS_PER_GRAPH` -> packed `(2, S, R, P)` outputs and,
-        if `return_state`, each sentence's final `(h, c)` `(2, B, P)` / `(2, B, H)`. `capturable=False` when
-        `weights` are temporaries (converted to another dtype), whose addresses a graph must not keep.
-        """
-        input_weight, recurrent_weight, bias, projection_weight = weights
-        _, steps, rows, in_dim = x.shape
-        proj_dim, lstm_dim = projection_weight.shape[1:]
-        k = STEPS_PER_GRAPH
-        key, static = self._static(x, rows, lstm_dim, proj_dim, initial is not None, return_state)
-        run = self._replay_function(key, static, (recurrent_weight, projection_weight), clips, capturable)
-        if run is None:
-            run = self._step_function(static, (recurrent_weight, projection_weight), clips)
-        keep = plan.keep_mask(x)  # (S, R, 1)
-        if initial is not None:
-            start_h, start_c = plan.scatter_initial_state(initial[0]), plan.scatter_initial_state(initial[1])
-        output = x.new_empty(2, steps, rows, proj_dim)
-        cell_history = x.new_empty(2, steps, rows, lstm_dim) if return_state else None
-        static.h.zero_()
-        static.c.zero_()
-        for start in range(0, steps, k):
-            chunk = slice(start, start + k)
-            torch.baddbmm(bias[:, None], x[:, chunk].reshape(2, k * rows, in_dim), input_weight.transpose(1, 2),
-                          out=static.pre.view(2, k * rows, -1))
-            static.keep.copy_(keep[chunk])
-            if initial is not None:
-                static.start_h.copy_(start_h[:, chunk])
-                static.start_c.copy_(start_c[:, chunk])
-            run()
-            output[:, chunk] = static.output
-            if return_state:
-                cell_history[:, chunk] = static.cell_history
-        final = None
-        if return_state:
-            final = (plan.final_state(output, initial[0] if initial is not None else None),
-                     plan.final_state(cell_history, initial[1] if initial is not None else None))
-        return output, final
+
+LSTM_DRIVERS: dict[str, type[LstmDriver]] = {"eager": EagerDriver, "autograd": AutogradDriver, "graphs": GraphDriver}
 
 
-__all__ = ["LstmChunkRunner", "chunk_shape", "lstm_steps", "ROW_MULTIPLE", "STEPS_PER_GRAPH"]
+def select_driver(
+    x: torch.Tensor, needs_grad: bool, options: ElmoRuntimeOptions, clips: tuple[float | None, float | None]
+) -> LstmDriver:
+    """The one place that picks how the recurrence runs: autograd whenever gradients are recorded, else the
+    configured backend, `"auto"` meaning CUDA graphs on GPUs and the eager loop elsewhere."""
+    if needs_grad:
+        backend = "autograd"
+    elif options.lstm_backend == "auto":
+        backend = "graphs" if x.device.type == "cuda" else "eager"
+    else:
+        backend = options.lstm_backend
+    return LSTM_DRIVERS[backend](options, clips)
+
+
+__all__ = [
+    "ElmoRuntimeOptions",
+    "LSTM_BACKENDS",
+    "LSTM_DRIVERS",
+    "LayerWeights",
+    "LstmDriver",
+    "RuntimeCache",
+    "SentencePacking",
+    "inference_linear",
+    "lstm_cell",
+    "prepack_weight",
+    "select_driver",
+]
