@@ -137,6 +137,28 @@ def test_bad_state_is_a_clear_value_error(model_and_tokenizer):
         model(**enc, state=state)
     with pytest.raises(ValueError, match="expected"):
         model(**enc, state=(state[0][0], state[1]))
+    # More rows than the batch: refused rather than silently dropped from out.state.
+    three = run(model, tokenizer, [SENTENCES[1]] * 3, use_cache=True).state
+    with pytest.raises(ValueError, match=r"state holds 3 rows but the batch has 2.*h\[:, :, :2\]"):
+        model(**enc, state=three)
+    sliced = model(**enc, state=(three[0][:, :, :2], three[1][:, :, :2]), use_cache=True)
+    assert sliced.state[0].shape[2] == 2
+    with pytest.raises(ValueError, match="state must hold torch tensors.*ndarray"):
+        model(**enc, state=(state[0].numpy(), state[1].numpy()))
+    nan_state = (torch.full_like(three[0][:, :, :2], float("nan")), three[1][:, :, :2])
+    with pytest.raises(ValueError, match="non-finite"):
+        model(**enc, state=nan_state)
+
+
+@pytest.mark.parametrize("mask", [[[1.0, 0.5]], [[1, 2]], [[-1, 0]]])
+def test_attention_mask_must_hold_zeros_and_ones(model_and_tokenizer, mask):
+    model, tokenizer = model_and_tokenizer
+    enc = tokenizer([["a", "b"]], is_split_into_words=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="attention_mask must hold 0 and 1"):
+        model(input_ids=enc["input_ids"], attention_mask=torch.tensor(mask))
+    as_bool = model(input_ids=enc["input_ids"], attention_mask=torch.tensor([[True, False]])).last_hidden_state
+    as_float = model(input_ids=enc["input_ids"], attention_mask=torch.tensor([[1.0, 0.0]])).last_hidden_state
+    assert torch.equal(as_bool, as_float) and not as_bool[0, 1].any()
 
 
 def test_state_continues_each_row(model_and_tokenizer):
