@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,11 @@ from hf_elmo.conversion import convert_original_checkpoint
 from hf_elmo.checkpoints.bilm_tf import (
     CheckpointError, config_from_options, official_options, read_weights, write_random_checkpoint,
 )
+from hf_elmo.tokenization_elmo import word_to_char_ids
 
 REPO = Path(__file__).resolve().parents[1]
+# A checkpoint trained by bilm-tf with the options of its own tests/test_training.py, and bilm-tf's LM numbers.
+LM_FIXTURE = Path(__file__).parent / "fixtures" / "bilm-tf-lm"
 TEXT = ["The cat sat on the mat .".split(), "Colorless green ideas sleep furiously".split()]
 # Parameters without the scalar mix (ELMO_FORMAT.md: Small 13.6M, Medium 28.0M, Original 93.6M).
 OFFICIAL_PARAMETERS = {"small": 13_593_312, "medium": 28_027_744, "original": 93_600_864}
@@ -108,7 +113,10 @@ def test_bad_files_give_one_clear_error_and_leave_the_output_alone(tmp_path, mak
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda o: o["lstm"].pop("proj_clip"), "missing key lstm.proj_clip"),
+        (lambda o: o["lstm"].pop("dim"), "missing key lstm.dim"),
+        (lambda o: o["char_cnn"].pop("activation"), "missing key char_cnn.activation"),
+        (lambda o: o["char_cnn"].pop("max_characters_per_token"), "missing key char_cnn.max_characters_per_token"),
+        (lambda o: o["lstm"].update(n_layers=None), r"invalid options"),
         (lambda o: o.pop("char_cnn"), "missing section 'char_cnn'"),
         (lambda o: o["lstm"].update(dim=65), r"'RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0' has shape \(32, 256\), "
                                              r"expected \(32, 260\)"),
@@ -123,6 +131,112 @@ def test_bad_options(tmp_path, edit, message):
     with pytest.raises(CheckpointError, match=message):
         convert_original_checkpoint(tmp_path / "options.json", FIXTURE_WEIGHTS, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bilm_tf_training_options_without_clips_or_skip_connections_match_bilm_tf(tmp_path):
+    """
+    bilm-tf's own training writes options without `lstm.cell_clip`, `lstm.proj_clip` and
+    `lstm.use_skip_connections` (it reads them with `.get`: no clipping, no skip connections). Converted, the model
+    gives bilm-tf's graph's numbers: the char-CNN token vectors and the top LSTM outputs that feed its softmax,
+    each sentence from a zero state.
+    """
+    options = json.loads((LM_FIXTURE / "options.json").read_text())
+    assert not {"cell_clip", "proj_clip", "use_skip_connections"} & options["lstm"].keys()
+    folder = convert_original_checkpoint(LM_FIXTURE / "options.json", LM_FIXTURE / "weights.hdf5", tmp_path / "lm")
+    model = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = model.config
+    assert (config.cell_clip, config.proj_clip, config.use_skip_connections) == (None, None, False)
+    assert (config.num_highway_layers, config.char_activation, config.max_characters_per_token) == (1, "tanh", 10)
+    reference = np.load(LM_FIXTURE / "lm_ref.npz")
+    p = config.projection_dim
+    for k, sentence in enumerate(reference["sentences"]):
+        words = str(sentence).split()
+        n = len(words)
+        # Step i of the forward LSTM reads token i of `<S> w1 .. wn`, of the backward one token i of `</S> wn .. w1`.
+        assert reference[f"s{k}_tokens_fwd"].tolist() == ["<S>", *words]
+        assert reference[f"s{k}_tokens_bwd"].tolist() == ["</S>", *words[::-1]]
+        forward, backward = np.arange(1, n + 1), np.arange(n, 0, -1)  # the steps of words 1..n
+        enc = tokenizer([words], is_split_into_words=True, return_tensors="pt")
+        # bilm-tf's training char ids are ours without the +1 shift (words longer than 8 bytes cut alike).
+        assert np.array_equal(enc["input_ids"][0].numpy() - 1, reference[f"s{k}_chars_fwd"][forward])
+        assert np.array_equal(np.array(word_to_char_ids("<S>", 10)) - 1, reference[f"s{k}_chars_fwd"][0])
+        with torch.inference_mode():
+            hidden = [layer[0].numpy() for layer in model(**enc, output_hidden_states=True).hidden_states]
+        # Within float32 rounding (token vectors up to 1.6 differ by up to 1.1e-6; bilm-tf's own tests allow
+        # rtol 1e-5); the top layer is within 2.4e-7.
+        close = {"rtol": 1e-6, "atol": 1e-6}
+        np.testing.assert_allclose(hidden[0][:, :p], reference[f"s{k}_tokemb_fwd"][forward], **close)
+        np.testing.assert_allclose(hidden[0][:, p:], reference[f"s{k}_tokemb_bwd"][backward], **close)
+        np.testing.assert_allclose(hidden[-1][:, :p], reference[f"s{k}_h_top_fwd"][forward], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(hidden[-1][:, p:], reference[f"s{k}_h_top_bwd"][backward], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "section, key, attribute, default, null_allowed",
+    [
+        ("lstm", "cell_clip", "cell_clip", None, True),
+        ("lstm", "proj_clip", "proj_clip", None, True),
+        ("lstm", "use_skip_connections", "use_skip_connections", False, True),
+        ("lstm", "n_layers", "num_hidden_layers", 1, False),  # bilm-tf: .get("n_layers", 1)
+        ("char_cnn", "n_highway", "num_highway_layers", 0, True),  # None or absent: no highway layers
+    ],
+)
+def test_options_bilm_tf_reads_with_get_take_its_defaults(section, key, attribute, default, null_allowed):
+    options = fixture_options()
+    del options[section][key]
+    assert getattr(config_from_options(options), attribute) == default
+    options[section][key] = None
+    if null_allowed:
+        assert getattr(config_from_options(options), attribute) == default
+    else:
+        with pytest.raises(CheckpointError, match=f"invalid options"):
+            config_from_options(options)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_files_get_the_permissions_of_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        out = convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("where", ["under /proc", "under a file"])
+def test_an_output_folder_that_cannot_be_created_is_named(tmp_path, capsys, where):
+    if where == "under /proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc on this system")
+        out = Path("/proc/elmo-out")
+    else:
+        (tmp_path / "file.txt").write_text("not a folder")
+        out = tmp_path / "file.txt" / "elmo-out"
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(out))}: cannot create the output folder") as error:
+        convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
+    assert ".tmp-" not in str(error.value)
+    arguments = ["--options-file", str(FIXTURE_OPTIONS), "--weight-file", str(FIXTURE_WEIGHTS), "--output-dir", str(out)]
+    assert cli_main(["convert", *arguments]) == 2
+    assert capsys.readouterr().err == f"hf-elmo convert: error: {error.value}\n"
+
+
+def test_a_failed_write_names_the_output_folder_not_the_staging_folder(tmp_path, monkeypatch):
+    import errno
+
+    import hf_elmo.conversion as conversion
+
+    def disk_full(directory: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "model.safetensors"))
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(conversion, "_apply_default_permissions", disk_full)
+    with pytest.raises(CheckpointError) as error:
+        convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
+    assert str(error.value) == f"{out}: cannot write the checkpoint (No space left on device: {out}/model.safetensors)"
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone
 
 
 def test_existing_output_is_replaced_only_when_complete(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import regex
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
@@ -171,3 +172,78 @@ def test_pad_for_data_collators(tokenizer):
     assert padded["input_ids"].shape == (3, 9, 50)
     with pytest.raises(ValueError, match=r"sentence 0: input_ids must be \(words, 50\)"):
         tokenizer.pad([{"input_ids": [1, 2, 3]}])
+
+
+def test_convert_ids_to_tokens_gives_the_words_back(tokenizer):
+    enc = tokenizer(["The cat sat.", "Hi"], padding=True, return_tensors="pt")
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0]) == ["The", "cat", "sat", "."]
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][1]) == ["Hi", "<pad>", "<pad>", "<pad>"]
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][1], skip_special_tokens=True) == ["Hi"]
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0].numpy()) == ["The", "cat", "sat", "."]
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["The", "cat", "sat", "."]
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0, 1]) == "cat"  # one (C,) row: one word
+    assert tokenizer.convert_ids_to_tokens(list(word_to_char_ids("<S>"))) == "<S>"
+    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][0, :0]) == []
+    assert tokenizer.convert_ids_to_tokens(tokenizer.pad_token_id) == "<pad>"  # single ids stay vocabulary ids
+    assert tokenizer.convert_ids_to_tokens(torch.tensor(257)) == tokenizer.convert_ids_to_tokens(np.int64(257)) == "<S>"
+    assert tokenizer.decode(enc["input_ids"][0, 1]) == "cat"
+
+
+@pytest.mark.parametrize(
+    "ids, shape", [(np.zeros((1, 2, 50), np.int64), r"\(1, 2, 50\)"), ([1, 2, 3], r"\(3,\)"), ([[1] * 50, [1]], "ragged")]
+)
+def test_character_ids_of_the_wrong_shape_are_a_clear_error(tokenizer, ids, shape):
+    with pytest.raises(ValueError, match=rf"\(words, 50\) or \(50,\).*{shape}"):
+        tokenizer.convert_ids_to_tokens(ids)
+    with pytest.raises(ValueError, match=rf"\(words, 50\) or \(50,\).*{shape}"):
+        tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize(
+    "text, words, offsets",
+    [
+        ("Hi 👋🏽 there", ["Hi", "👋🏽", "there"], [(0, 2), (3, 5), (6, 11)]),  # emoji + skin tone modifier
+        ("Vive la 🇫🇷!", ["Vive", "la", "🇫🇷", "!"], [(0, 4), (5, 7), (8, 10), (10, 11)]),  # regional indicator pair
+        ("cafe\u0301 ok", ["cafe\u0301", "ok"], [(0, 5), (6, 8)]),  # e + combining acute accent
+        ("e\u0301.", ["e\u0301", "."], [(0, 2), (2, 3)]),
+        ("👨\u200d👩\u200d👧 family", ["👨\u200d👩\u200d👧", "family"], [(0, 5), (6, 12)]),  # ZWJ sequence
+        ("1\u20e3 won", ["1\u20e3", "won"], [(0, 2), (3, 6)]),  # keycap
+    ],
+)
+def test_words_never_split_a_grapheme_cluster(tokenizer, text, words, offsets):
+    assert tokenizer.split_words(text) == words
+    enc = tokenizer(text, return_offsets_mapping=True)
+    assert [tuple(o) for o in enc["offset_mapping"]] == offsets
+    assert [text[s:e] for s, e in offsets] == words
+    assert enc["input_ids"] == [list(word_to_char_ids(w)) for w in words]
+
+
+def test_offsets_span_the_control_characters_moses_deletes(tokenizer):
+    text = "a\x01b c\x02"
+    enc = tokenizer(text, return_offsets_mapping=True)
+    assert tokenizer.split_words(text) == ["ab", "c"]
+    assert [tuple(o) for o in enc["offset_mapping"]] == [(0, 3), (4, 5)]
+
+
+# Characters that make multi-code-point grapheme clusters, mixed into arbitrary text.
+CLUSTER_PARTS = ["\u0301", "\u0308", "\U0001F44B", "\U0001F3FD", "\U0001F1EB", "\U0001F1F7", "\u200d", "\ufe0f",
+                 "\u20e3", "\u0915", "\u094d", "\u0937", "\u093f", "\u1100", "\u1161", "\u11a8", "e", "1", ".",
+                 "'", "-", " ", "\r\n", "\t", "\x01"]
+MOSES_DELETED = {chr(c) for c in range(32)} - {c for c in map(chr, range(32)) if c.isspace()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(CLUSTER_PARTS), st.characters(exclude_categories=("Cs",))), max_size=40)
+       .map("".join))
+def test_word_boundaries_fall_between_grapheme_clusters(text):
+    assume("DOTMULTI" not in text)  # Moses' own placeholder for "..." is rewritten back to dots
+    pairs = _shared_tokenizer()._split_with_offsets(text)
+    boundaries = {m.start() for m in regex.finditer(r"\X", text)} | {len(text)}
+    visible = "".join(ch for ch in text if ch not in MOSES_DELETED)
+    assert "".join(word for word, _ in pairs) == "".join(visible.split())
+    for word, (start, end) in pairs:
+        assert "".join(ch for ch in text[start:end] if ch not in MOSES_DELETED) == word
+    for (_, (_, end)), (_, (start, _)) in zip(pairs, pairs[1:]):
+        assert end <= start
+        if end == start:  # touching words: the boundary between them must be one between clusters
+            assert end in boundaries, (text, pairs)

@@ -15,8 +15,8 @@ from .configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 from .download import resolve_file
 from .modeling_elmo import ElmoModel
 from .checkpoints import CheckpointError
-from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, read_options, read_weights
-from .tokenization_elmo import ElmoTokenizer
+from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, largest_weight, read_options, read_weights
+from .tokenization_elmo import BEGIN_OF_WORD_CHAR, END_OF_WORD_CHAR, PADDING_CHAR, ElmoTokenizer
 
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")
 
@@ -94,30 +94,78 @@ def convert_original_checkpoint(
     if missing or unexpected:  # a bug in the weight mapping, not in the user's files
         raise RuntimeError(f"weight mapping mismatch: missing {missing}, unexpected {unexpected}")
     model.eval()
+    _check_outputs_are_finite(model, weights_path)
     if words:
         model.cache_words(words)
     tokenizer = ElmoTokenizer(max_characters_per_token=config.max_characters_per_token)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    staging = _make_staging_folder(output_dir)
     try:
-        _apply_default_permissions(staging)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         text = model_card_text(config, str(options_file), options, model_card)
         (staging / "README.md").write_text(text, encoding="utf-8")
+        _apply_default_permissions(staging)
         _replace_directory(staging, output_dir)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Name the folder the user asked for, not the staging folder beside it.
+        reason = str(error.strerror or error)
+        if error.filename is not None:
+            reason += f": {str(error.filename).replace(str(staging), str(output_dir))}"
+        raise CheckpointError(f"{output_dir}: cannot write the checkpoint ({reason})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
 
 
+@torch.no_grad()
+def _check_outputs_are_finite(model: ElmoModel, weights_path: Path) -> None:
+    """
+    Finite weights can still overflow (a damaged file's 3e38s): run a probe sentence whose words hold every byte
+    once, so every character embedding and every layer is used, and refuse weights whose outputs are not finite.
+    """
+    body = model.config.max_characters_per_token - 2
+    words = []
+    for start in range(0, 256, body):
+        chars = list(range(start, min(start + body, 256)))
+        ids = [BEGIN_OF_WORD_CHAR, *chars, END_OF_WORD_CHAR] + [PADDING_CHAR] * (body - len(chars))
+        words.append([i + 1 for i in ids])  # the tokenizer's +1 shift: 0 is "no character"
+    layers = model(input_ids=torch.tensor([words]), output_hidden_states=True).hidden_states
+    if not all(bool(torch.isfinite(layer).all()) for layer in layers):
+        name, value = largest_weight(weights_path, model.config)
+        raise CheckpointError(
+            f"{weights_path}: the weights overflow: a probe sentence of every character gives NaN or infinite "
+            f"outputs (the largest weight, {value:.3g}, is in dataset {name!r})"
+        )
+
+
+def _make_staging_folder(output_dir: Path) -> Path:
+    """A new folder beside `output_dir` to write the checkpoint into; errors name `output_dir` itself."""
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    except OSError as error:
+        # The error names the random staging folder or an ancestor; say which ancestor is in the way, if one is.
+        blocking = next((p for p in output_dir.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is not a folder" if blocking is not None else str(error.strerror or error)
+        raise CheckpointError(f"{output_dir}: cannot create the output folder ({reason})") from None
+
+
 def _apply_default_permissions(directory: Path) -> None:
-    """mkdtemp makes private (0700) folders; a checkpoint gets the permissions of any folder the user creates."""
+    """
+    Give the written folder and its files the permissions of any the user creates (0777 / 0666 less the umask):
+    mkdtemp makes a private (0700) folder, and some writers (safetensors) private (0600) files.
+    """
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(directory, 0o777 & ~umask)
+    for root, folders, files in os.walk(directory):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def _replace_directory(new: Path, target: Path) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Sequence
 
-from transformers import BatchEncoding, PreTrainedTokenizer
 import numpy as np
+import regex
+from transformers import BatchEncoding, PreTrainedTokenizer
 from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy, TensorType
 
@@ -53,6 +54,52 @@ def char_ids_to_word(char_ids: Sequence[int]) -> str | None:
         return EOS_WORD
     data = bytes(i for i in raw if 0 <= i < 256)
     return data.decode("utf-8", "ignore")
+
+
+# Moses deletes these (its "ASCII junk") after turning whitespace into spaces, so they vanish from its words.
+_MOSES_DELETED = frozenset(chr(c) for c in range(32) if not chr(c).isspace())
+# An extended grapheme cluster (UAX #29): what a reader sees as one character.
+_GRAPHEME_CLUSTER = regex.compile(r"\X")
+
+
+def _locate_words(text: str, words: list[str]) -> list[tuple[str, tuple[int, int]]]:
+    """
+    Each Moses word with its `(start, end)` span in `text`. Moses only inserts spaces and deletes `_MOSES_DELETED`
+    characters, so every word is found in order in the text with those characters left out; a span covers the
+    deleted characters inside its word.
+    """
+    kept = [i for i, ch in enumerate(text) if ch not in _MOSES_DELETED]
+    visible = "".join(text[i] for i in kept)
+    result, cursor = [], 0
+    for word in words:
+        start = visible.find(word, cursor)
+        if start < 0:  # defensive: a rewritten word gets an empty span where it would have been
+            position = kept[cursor] if cursor < len(kept) else len(text)
+            result.append((word, (position, position)))
+            continue
+        cursor = start + len(word)
+        result.append((word, (kept[start], kept[cursor - 1] + 1)))
+    return result
+
+
+def _merge_split_grapheme_clusters(
+    text: str, pairs: list[tuple[str, tuple[int, int]]]
+) -> list[tuple[str, tuple[int, int]]]:
+    """
+    Join touching words whose boundary falls inside a grapheme cluster: Moses' character classes split an emoji
+    from its skin tone, a flag's two regional indicators, or a letter from a combining accent.
+    """
+    if len(pairs) < 2:
+        return pairs
+    boundaries = {match.start() for match in _GRAPHEME_CLUSTER.finditer(text)}
+    merged = [pairs[0]]
+    for word, (start, end) in pairs[1:]:
+        previous, (previous_start, previous_end) = merged[-1]
+        if previous_end == start and start not in boundaries:
+            merged[-1] = (previous + word, (previous_start, end))
+        else:
+            merged.append((word, (start, end)))
+    return merged
 
 
 def _padded_width(
@@ -160,23 +207,13 @@ class ElmoTokenizer(PreTrainedTokenizer):
         return [word for word, _ in self._split_with_offsets(text)]
 
     def _split_with_offsets(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """Moses words with their `(start, end)` character spans in `text`, never splitting a grapheme cluster."""
         if self._moses is None:
             from sacremoses import MosesTokenizer
 
             self._moses = MosesTokenizer(lang=self.moses_language)
         words = self._moses.tokenize(text, escape=False)
-        # Moses only inserts spaces and drops control characters, so every word is found in order in the text.
-        result, cursor = [], 0
-        for word in words:
-            start = text.find(word, cursor)
-            if start < 0:  # defensive: a rewritten word gets an empty span where it would have been
-                start = cursor
-                span = (start, start)
-            else:
-                span = (start, start + len(word))
-                cursor = span[1]
-            result.append((word, span))
-        return result
+        return _merge_split_grapheme_clusters(text, _locate_words(text, words))
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         return self.split_words(text)
@@ -339,12 +376,43 @@ class ElmoTokenizer(PreTrainedTokenizer):
         return ElmoBatchEncoding(data, words, [target] * len(rows), True, tensor_type=return_tensors)
 
     # -------------------------------------------------------------------------------------------- decoding
+    def _words_of_ids(self, ids: Any) -> tuple[list[str | None], bool]:
+        """
+        The words of `(words, C)` character ids, or of one `(C,)` word (tensor, array or nested lists), `None`
+        for padding words; and whether a single word was given.
+        """
+        c = self.max_characters_per_token
+        expected = f"character ids of shape (words, {c}) or ({c},)"
+        try:
+            array = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids, dtype=np.int64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"expected {expected}, got a ragged or non-integer sequence ({error})") from None
+        if array.shape == (0,):  # an empty list: a sentence of no words
+            array = array.reshape(0, c)
+        if array.ndim not in (1, 2) or array.shape[-1] != c:
+            raise ValueError(f"expected {expected}, got shape {array.shape}")
+        single = array.ndim == 1
+        return [char_ids_to_word(row) for row in array.reshape(-1, c).tolist()], single
+
+    def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> str | list[str]:
+        """
+        The words of `(words, max_characters_per_token)` character ids (a sentence of `input_ids`), or the word of
+        one `(max_characters_per_token,)` row; padding words are `<pad>`. A single int is a vocabulary id
+        (`pad_token_id`, ...), as in every tokenizer. `skip_special_tokens` drops padding, `<S>` and `</S>`.
+        """
+        if isinstance(ids, int) or getattr(ids, "ndim", None) == 0:  # int, numpy or 0-d tensor scalar
+            return super().convert_ids_to_tokens(int(ids))
+        words, single = self._words_of_ids(ids)
+        if single:
+            return words[0] if words[0] is not None else PAD_TOKEN
+        if skip_special_tokens:
+            return [w for w in words if w is not None and w not in (BOS_WORD, EOS_WORD)]
+        return [w if w is not None else PAD_TOKEN for w in words]
+
     def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
-        """Words of one encoded sentence `(words, max_characters_per_token)`, joined by spaces; padding dropped."""
-        rows = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
-        if rows and isinstance(rows[0], int):
-            rows = [rows]
-        words = [char_ids_to_word(r) for r in rows]
+        """The words of one sentence's `(words, max_characters_per_token)` character ids, or of one `(C,)` word,
+        joined by spaces; padding words are dropped."""
+        words, _ = self._words_of_ids(token_ids)
         keep = [w for w in words if w is not None and not (skip_special_tokens and w in (BOS_WORD, EOS_WORD))]
         return " ".join(keep)
 

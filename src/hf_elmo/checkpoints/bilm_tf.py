@@ -17,10 +17,14 @@ import torch
 from . import CheckpointError
 from ..configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 
+# The keys bilm-tf reads with `options[...]` (bilm/model.py, bilm/training.py); a file without one fails there too.
 REQUIRED_OPTIONS = {
-    "lstm": ("dim", "projection_dim", "n_layers", "cell_clip", "proj_clip", "use_skip_connections"),
-    "char_cnn": ("filters", "n_highway", "embedding", "n_characters", "max_characters_per_token", "activation"),
+    "lstm": ("dim", "projection_dim"),
+    "char_cnn": ("filters", "embedding", "n_characters", "max_characters_per_token", "activation"),
 }
+# The keys bilm-tf reads with `.get`, and what it does without them: its own training writes options without
+# the clips and skip connections (tests/test_training.py). A null counts as absent, except for `n_layers`.
+OPTIONAL_LSTM_OPTIONS = {"n_layers": 1, "cell_clip": None, "proj_clip": None, "use_skip_connections": False}
 TF_FORGET_BIAS = 1.0
 
 # The official English releases (ELMO_FORMAT.md): name -> (lstm dim, projection dim, highway layers).
@@ -69,14 +73,18 @@ def check_options(options: Any, source: str = "options") -> None:
 
 
 def config_from_options(options: dict[str, Any], source: str = "options", **overrides: Any) -> ElmoConfig:
-    """The `ElmoConfig` of an `options.json`. Training options (`n_characters` 261) become inference ones (262)."""
+    """
+    The `ElmoConfig` of an `options.json`. Training options (`n_characters` 261) become inference ones (262);
+    keys bilm-tf treats as optional get its defaults (`OPTIONAL_LSTM_OPTIONS`; no `n_highway`: no highway layers).
+    """
     check_options(options, source)
-    lstm, cnn = options["lstm"], options["char_cnn"]
+    cnn = options["char_cnn"]
+    lstm = {**OPTIONAL_LSTM_OPTIONS, **options["lstm"]}
     try:
         return ElmoConfig(
             char_embedding_dim=int(cnn["embedding"]["dim"]),
             char_filters=[[int(w), int(n)] for w, n in cnn["filters"]],
-            num_highway_layers=int(cnn["n_highway"]),
+            num_highway_layers=int(cnn.get("n_highway") or 0),
             # The extra id is padding, added in front of the 261 stored rows.
             num_characters=262 if int(cnn["n_characters"]) == 261 else int(cnn["n_characters"]),
             max_characters_per_token=int(cnn["max_characters_per_token"]),
@@ -128,7 +136,25 @@ def _tf_to_torch_gates(matrix: np.ndarray) -> np.ndarray:
 
 
 def read_weights(weight_file: str | os.PathLike, config: ElmoConfig) -> dict[str, torch.Tensor]:
-    """Read an official weights hdf5 into an `ElmoModel` state dict (float32), checking every dataset's shape."""
+    """Read an official weights hdf5 into an `ElmoModel` state dict (float32), every dataset checked (`read_datasets`)."""
+    return _state_dict_from_arrays(read_datasets(weight_file, config), config)
+
+
+# What h5py raises on a damaged file: OSError (open, read, checksum), RuntimeError and KeyError (damaged metadata
+# met while looking a name up), ValueError (an invalid object).
+_H5PY_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
+def _h5py_reason(error: Exception) -> str:
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def read_datasets(weight_file: str | os.PathLike, config: ElmoConfig) -> dict[str, np.ndarray]:
+    """
+    Every dataset of `expected_datasets(config)`, as float32 arrays in the file's layout. Any problem (unreadable
+    or damaged file, missing dataset, wrong shape or type, NaN or infinity) is a `CheckpointError` naming the file
+    and the dataset.
+    """
     import h5py
 
     path = Path(weight_file)
@@ -136,19 +162,48 @@ def read_weights(weight_file: str | os.PathLike, config: ElmoConfig) -> dict[str
         raise CheckpointError(f"{path}: weight file not found")
     if not h5py.is_hdf5(path):
         raise CheckpointError(f"{path}: not an HDF5 file")
-    expected = expected_datasets(config)
-    arrays: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as hdf5:
-        for name, shape in expected.items():
-            if name not in hdf5 or not isinstance(hdf5[name], h5py.Dataset):
-                raise CheckpointError(f"{path}: missing dataset {name!r} (expected shape {shape})")
-            if tuple(hdf5[name].shape) != shape:
-                raise CheckpointError(
-                    f"{path}: dataset {name!r} has shape {tuple(hdf5[name].shape)}, expected {shape} "
-                    f"from the options"
-                )
-            arrays[name] = np.asarray(hdf5[name][...], dtype=np.float32)
-    return _state_dict_from_arrays(arrays, config)
+    try:
+        hdf5 = h5py.File(path, "r")
+    except _H5PY_READ_ERRORS as error:
+        raise CheckpointError(f"{path}: cannot open the HDF5 file ({_h5py_reason(error)})") from None
+    with hdf5:
+        arrays = {name: _read_dataset(hdf5, name, shape, path) for name, shape in expected_datasets(config).items()}
+    non_finite = [(name, array) for name, array in arrays.items() if not np.isfinite(array).all()]
+    if non_finite:
+        described = []
+        for name, array in non_finite:
+            bad = ~np.isfinite(array)
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), array.shape))
+            described.append(f"dataset {name!r} ({int(bad.sum())} of {array.size} values, the first at index {first})")
+        raise CheckpointError(f"{path}: NaN or infinite values in {', '.join(described)}")
+    return arrays
+
+
+def _read_dataset(hdf5: Any, name: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """One dataset of an open weights file as float32, checked against its expected shape."""
+    import h5py
+
+    try:
+        dataset = hdf5.get(name)
+        if not isinstance(dataset, h5py.Dataset):
+            problem = f"missing dataset {name!r} (expected shape {shape})"
+        elif tuple(dataset.shape) != shape:
+            problem = f"dataset {name!r} has shape {tuple(dataset.shape)}, expected {shape} from the options"
+        elif dataset.dtype.kind not in "fiu":
+            problem = f"dataset {name!r} is not numeric (dtype {dataset.dtype.str})"
+        else:
+            return np.asarray(dataset[...], dtype=np.float32)
+    except _H5PY_READ_ERRORS as error:
+        problem = f"cannot read dataset {name!r} ({_h5py_reason(error)})"
+    raise CheckpointError(f"{path}: {problem}")
+
+
+def largest_weight(weight_file: str | os.PathLike, config: ElmoConfig) -> tuple[str, float]:
+    """The dataset holding the largest absolute value, and that value (to explain weights that overflow)."""
+    arrays = read_datasets(weight_file, config)
+    magnitudes = {name: float(np.abs(array).max(initial=0.0)) for name, array in arrays.items()}
+    name = max(magnitudes, key=magnitudes.__getitem__)
+    return name, magnitudes[name]
 
 
 def _state_dict_from_arrays(arrays: dict[str, np.ndarray], config: ElmoConfig) -> dict[str, torch.Tensor]:
@@ -235,6 +290,8 @@ __all__ = [
     "expected_datasets",
     "official_options",
     "options_from_config",
+    "largest_weight",
+    "read_datasets",
     "read_options",
     "read_weights",
     "write_random_checkpoint",
