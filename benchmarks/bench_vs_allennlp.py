@@ -42,6 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
+TESTS = HERE.parent / "tests"  # tests/helpers.py writes random checkpoints in bilm-tf's layout (as the tests do)
 ALLENNLP_VENV = HERE / ".allennlp-venv"
 ALLENNLP_PYTHON = ALLENNLP_VENV / "bin" / "python"
 # What allennlp.modules.elmo needs at import and run time besides torch (found by importing it with stubs).
@@ -338,8 +339,12 @@ def ensure_allennlp_venv() -> None:
 
 def ensure_checkpoint(name: str) -> tuple[Path, Path, Path]:
     """(options.json, weights.hdf5, converted hf folder) of a random-weight model at `name`'s official shapes."""
+    from hf_elmo.checkpoints.bilm_tf import official_options
     from hf_elmo.conversion import convert_original_checkpoint
-    from hf_elmo.checkpoints.bilm_tf import official_options, write_random_checkpoint
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from helpers import write_random_checkpoint
 
     import hashlib
 

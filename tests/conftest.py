@@ -1,33 +1,17 @@
-"""Shared test fixtures: bilm-tf's tiny model (tests/fixtures/bilm-tf) and random checkpoints in the official layout."""
+"""Shared fixtures: bilm-tf's tiny model converted, a random tiny model with skip connections, and the fixture
+model loaded. Plain helpers (paths, `tiny_config`, `write_random_checkpoint`, `run_alone`) are in helpers.py."""
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoModel
 
 import hf_elmo  # noqa: F401  (registers the Auto classes)
+from helpers import FIXTURE_OPTIONS, FIXTURE_WEIGHTS, options_json, tiny_config, write_random_checkpoint
 from hf_elmo.conversion import convert_original_checkpoint
-from hf_elmo.checkpoints.bilm_tf import write_random_checkpoint
-
-FIXTURE_MODEL_DIR = Path(__file__).parent / "fixtures" / "bilm-tf" / "model"
-FIXTURE_OPTIONS = FIXTURE_MODEL_DIR / "options.json"
-FIXTURE_WEIGHTS = FIXTURE_MODEL_DIR / "lm_weights.hdf5"
-FIXTURE_VOCAB = FIXTURE_MODEL_DIR / "vocab_test.txt"
-
-
-def fixture_options() -> dict:
-    return json.loads(FIXTURE_OPTIONS.read_text())
-
-
-def tiny_options(use_skip_connections: bool = True, **lstm) -> dict:
-    """The fixture's shapes, with skip connections switchable (the fixture itself has them off)."""
-    options = copy.deepcopy(fixture_options())
-    options["lstm"]["use_skip_connections"] = use_skip_connections
-    options["lstm"].update(lstm)
-    return options
+from hf_elmo.tokenization_elmo import ElmoTokenizer
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +23,19 @@ def converted_fixture(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def converted_skip_model(tmp_path_factory) -> Path:
-    """A random-weight tiny model with skip connections, in the official hdf5 layout, converted."""
+    """A random-weight `tiny_config()` model (skip connections on), in the official hdf5 layout, converted."""
     source = tmp_path_factory.mktemp("skip-source")
-    options_path, weights_path = write_random_checkpoint(tiny_options(True), source, seed=1)
+    options_path, weights_path = write_random_checkpoint(options_json(tiny_config()), source, seed=1)
     return convert_original_checkpoint(options_path, weights_path, tmp_path_factory.mktemp("converted") / "skip")
+
+
+@pytest.fixture(scope="module")
+def fixture_model(converted_fixture):
+    """`converted_fixture` loaded (`AutoModel`, eval mode), one per test module. Tests that change it undo it."""
+    return AutoModel.from_pretrained(converted_fixture).eval()
+
+
+@pytest.fixture(scope="module")
+def elmo_tokenizer() -> ElmoTokenizer:
+    """The default `ElmoTokenizer` (50 characters per word, Moses rules for raw text): every test model's."""
+    return ElmoTokenizer()

@@ -1,16 +1,27 @@
-"""An independent, deliberately plain NumPy biLM that reads the original hdf5 datasets directly.
+"""The reference implementations the tests compare hf_elmo with, all in one place.
 
-Written from the format facts (TensorFlow layout, gate order (i, j, f, o), forget bias added at run time,
-one sentence and one time step at a time), it shares no code with hf_elmo's weight mapping or model, so it
-checks both. It is trusted because it reproduces bilm-tf's own outputs on the fixture (test_parity.py).
+- `ReferenceBiLM`: an independent, deliberately plain NumPy biLM that reads the original hdf5 datasets directly.
+  Written from the format facts (TensorFlow layout, gate order (i, j, f, o), forget bias added at run time,
+  one sentence and one time step at a time), it shares no code with hf_elmo's weight mapping or model, so it
+  checks both. It is trusted because it reproduces bilm-tf's own outputs on the fixture (test_parity.py).
+- `reference_bilstm` / `reference_char_cnn`: straightforward float64 PyTorch versions of hf_elmo's own biLSTM
+  and character CNN modules (one sentence, direction and step at a time; every window of every word), which the
+  fast paths (packed rows, oneDNN, chunks, length cuts) must match.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import h5py
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from hf_elmo.tokenization_elmo import word_to_char_ids
+
+if TYPE_CHECKING:
+    from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -74,3 +85,61 @@ class ReferenceBiLM:
             per_direction = new
             outputs.append(np.concatenate([new[0], new[1][::-1]], axis=1))
         return np.stack(outputs)[:, 1:-1]
+
+
+def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
+    """One sentence and one direction at a time, one step at a time, in float64."""
+    cfg = encoder.config
+    batch, steps, _ = inputs.shape
+    n_layers = len(encoder.layers)
+    outputs = [torch.zeros(batch, steps, 2 * cfg.projection_dim, dtype=torch.float64) for _ in range(n_layers)]
+    final_h = torch.zeros(n_layers, 2, batch, cfg.projection_dim, dtype=torch.float64)
+    final_c = torch.zeros(n_layers, 2, batch, cfg.lstm_dim, dtype=torch.float64)
+    for b in range(batch):
+        n = int(lengths[b])
+        for direction in (0, 1):
+            x = inputs[b, :n].double()
+            if direction == 1:
+                x = x.flip(0)
+            for depth, layer in enumerate(encoder.layers):
+                w_in, w_rec = layer.input_weight[direction].double().T, layer.recurrent_weight[direction].double().T
+                bias, w_proj = layer.bias[direction].double(), layer.projection_weight[direction].double().T
+                if initial_state is None:
+                    h = torch.zeros(cfg.projection_dim, dtype=torch.float64)
+                    c = torch.zeros(cfg.lstm_dim, dtype=torch.float64)
+                else:
+                    h = initial_state[0][depth, direction, b].double()
+                    c = initial_state[1][depth, direction, b].double()
+                ys = []
+                for t in range(n):
+                    i, f, j, o = (x[t] @ w_in + h @ w_rec + bias).chunk(4)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(j)
+                    if cfg.cell_clip is not None:
+                        c = c.clamp(-cfg.cell_clip, cfg.cell_clip)
+                    h = (torch.sigmoid(o) * torch.tanh(c)) @ w_proj
+                    if cfg.proj_clip is not None:
+                        h = h.clamp(-cfg.proj_clip, cfg.proj_clip)
+                    ys.append(h)
+                y = torch.stack(ys) if ys else x.new_zeros(0, cfg.projection_dim)
+                if cfg.use_skip_connections and depth > 0:
+                    y = y + x
+                final_h[depth, direction, b], final_c[depth, direction, b] = h, c  # the initial state if n == 0
+                half = slice(0, cfg.projection_dim) if direction == 0 else slice(cfg.projection_dim, None)
+                outputs[depth][b, :n, half] = y if direction == 0 else y.flip(0)
+                x = y
+    return outputs, (final_h, final_c)
+
+
+def reference_char_cnn(encoder: ElmoCharacterEncoder, char_ids: torch.Tensor) -> torch.Tensor:
+    """Every word at all `max_characters_per_token` positions, in float64."""
+    embedded = F.embedding(char_ids, encoder.char_embedding.weight.double()).transpose(1, 2)
+    pooled = [F.conv1d(embedded, conv.weight.double(), conv.bias.double()).amax(-1) for conv in encoder.convolutions]
+    x = torch.cat(pooled, -1)
+    x = torch.tanh(x) if encoder.config.char_activation == "tanh" else torch.relu(x)
+    for highway in encoder.highways:
+        gate = torch.sigmoid(F.linear(x, highway.carry.weight.double(), highway.carry.bias.double()))
+        x = gate * torch.relu(F.linear(x, highway.transform.weight.double(), highway.transform.bias.double())) + (
+            1 - gate) * x
+    if encoder.projection is not None:
+        x = F.linear(x, encoder.projection.weight.double(), encoder.projection.bias.double())
+    return x

@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import FIXTURE_OPTIONS, FIXTURE_VOCAB, FIXTURE_WEIGHTS, fixture_options
+from helpers import (
+    FIXTURE_OPTIONS, FIXTURE_VOCAB, FIXTURE_WEIGHTS, checkpoint_layers, fixture_options, write_random_checkpoint,
+)
 from hf_elmo.cli import main as cli_main
 from hf_elmo.conversion import convert_original_checkpoint
-from hf_elmo.checkpoints.bilm_tf import (
-    CheckpointError, config_from_options, official_options, read_weights, write_random_checkpoint,
-)
+from hf_elmo.checkpoints.bilm_tf import CheckpointError, config_from_options, official_options, read_weights
 from hf_elmo.tokenization_elmo import word_to_char_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,14 +30,6 @@ LM_FIXTURE = Path(__file__).parent / "fixtures" / "bilm-tf-lm"
 TEXT = ["The cat sat on the mat .".split(), "Colorless green ideas sleep furiously".split()]
 # Parameters without the scalar mix (ELMO_FORMAT.md: Small 13.6M, Medium 28.0M, Original 93.6M).
 OFFICIAL_PARAMETERS = {"small": 13_593_312, "medium": 28_027_744, "original": 93_600_864}
-
-
-def outputs(folder: Path, **kwargs) -> torch.Tensor:
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModel.from_pretrained(folder, **kwargs).eval()
-    enc = tokenizer(TEXT, is_split_into_words=True, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        return torch.stack(model(**enc, output_hidden_states=True).hidden_states)
 
 
 def official_round_trip(name: str, tmp_path: Path) -> None:
@@ -52,9 +44,9 @@ def official_round_trip(name: str, tmp_path: Path) -> None:
     state = read_weights(weights_path, config_from_options(official_options(name)))
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    first, second = outputs(folder), outputs(folder)
+    first, second = checkpoint_layers(folder), checkpoint_layers(folder)
     assert first.shape == (3, 2, 7, config.output_dim) and torch.equal(first, second)
-    assert (folder / "README.md").read_text().count(f"elmo_2x") > 0  # the official card was chosen
+    assert (folder / "README.md").read_text().count("elmo_2x") > 0  # the official card was chosen
 
 
 @pytest.mark.parametrize("name", ["small", "medium", "original"])
@@ -71,7 +63,7 @@ def test_training_options_convert_like_release_options(tmp_path):
     from_training = convert_original_checkpoint(tmp_path / "train_options.json", FIXTURE_WEIGHTS, tmp_path / "a")
     from_release = convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, tmp_path / "b")
     assert AutoModel.from_pretrained(from_training).config.num_characters == 262
-    assert torch.equal(outputs(from_training), outputs(from_release))
+    assert torch.equal(checkpoint_layers(from_training), checkpoint_layers(from_release))
 
 
 def corrupt(tmp_path: Path, edit) -> Path:
@@ -190,7 +182,7 @@ def test_options_bilm_tf_reads_with_get_take_its_defaults(section, key, attribut
     if null_allowed:
         assert getattr(config_from_options(options), attribute) == default
     else:
-        with pytest.raises(CheckpointError, match=f"invalid options"):
+        with pytest.raises(CheckpointError, match="invalid options"):
             config_from_options(options)
 
 
@@ -295,7 +287,7 @@ def test_converter_script_and_vocab_cache(tmp_path, converted_fixture):
     model = AutoModel.from_pretrained(out)
     n_words = len(set(w.strip() for w in FIXTURE_VOCAB.read_text().splitlines() if w.strip()))
     assert model.config.num_cached_words == n_words == model.char_encoder.cached_embeddings.shape[0]
-    assert torch.allclose(outputs(out), outputs(converted_fixture), atol=1e-6)
+    assert torch.allclose(checkpoint_layers(out), checkpoint_layers(converted_fixture), atol=1e-6)
 
 
 def test_converter_script_reports_errors_without_a_traceback(tmp_path):
@@ -306,27 +298,6 @@ def test_converter_script_reports_errors_without_a_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "missing.json: options file not found" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_dump_token_embeddings(tmp_path, converted_fixture):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("<S>\n</S>\nthe\ncat\nthe\n😀\n")
-    assert cli_main(["dump-token-embeddings", str(converted_fixture), str(vocab), str(tmp_path / "emb.hdf5")]) == 0
-    with h5py.File(tmp_path / "emb.hdf5", "r") as f:
-        embedding = f["embedding"][...]
-    assert embedding.dtype == np.float32 and embedding.shape == (6, 16)
-    assert np.array_equal(embedding[2], embedding[4])
-    model = AutoModel.from_pretrained(converted_fixture).eval()
-    tokenizer = AutoTokenizer.from_pretrained(converted_fixture)
-    enc = tokenizer([["the", "cat"]], is_split_into_words=True, return_tensors="pt")
-    with torch.inference_mode():
-        out = model(**enc, output_hidden_states=True)
-    assert np.allclose(embedding[2:4], out.hidden_states[0][0, :, :16].numpy(), atol=1e-6)
-    from reference_bilm import ReferenceBiLM
-
-    reference = ReferenceBiLM(fixture_options(), str(FIXTURE_WEIGHTS))
-    assert np.allclose(embedding[0], reference.token_vector("<S>"), atol=1e-5)
-    assert np.allclose(embedding[1], reference.token_vector("</S>"), atol=1e-5)
 
 
 REMOTE_SCRIPT = r"""
@@ -356,7 +327,7 @@ def test_remote_code_without_hf_elmo(tmp_path, converted_fixture):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     remote = np.load(tmp_path / "r.npy")
-    assert np.array_equal(remote, outputs(converted_fixture).numpy())
+    assert np.array_equal(remote, checkpoint_layers(converted_fixture).numpy())
 
 
 def test_cli_help_lists_commands():

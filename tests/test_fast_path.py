@@ -14,15 +14,18 @@ from hf_elmo.configuration_elmo import ElmoConfig
 from hf_elmo.lstm_elmo import ElmoRuntimeOptions, GraphCache, GraphDriver
 from hf_elmo.modeling_elmo import ElmoBiLstm, ElmoCharacterEncoder, ElmoModel
 from hf_elmo.tokenization_elmo import word_to_char_ids
+from helpers import tiny_config
+from reference_bilm import reference_bilstm, reference_char_cnn
 
 ATOL = 1e-5
 
 
-def tiny_config(**overrides) -> ElmoConfig:
-    values = dict(char_embedding_dim=4, char_filters=[[1, 4], [2, 8], [3, 16], [5, 32], [7, 8]], num_highway_layers=2,
-                  lstm_dim=24, projection_dim=8, num_hidden_layers=2, mix_dropout=0.0)
+def small_config(**overrides) -> ElmoConfig:
+    """`tiny_config` with a width-7 filter (longer than most words) and an LSTM whose sizes differ from the CNN's."""
+    values = dict(char_filters=[[1, 4], [2, 8], [3, 16], [5, 32], [7, 8]], lstm_dim=24, projection_dim=8,
+                  mix_dropout=0.0)
     values.update(overrides)
-    return ElmoConfig(**values)
+    return tiny_config(**values)
 
 
 def randomize(module: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
@@ -63,49 +66,6 @@ def test_inference_linear_uses_onednn_on_cpu_and_matches_f_linear(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------- biLSTM
 
 
-def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):
-    """One sentence and one direction at a time, one step at a time, in float64."""
-    cfg = encoder.config
-    batch, steps, _ = inputs.shape
-    n_layers = len(encoder.layers)
-    outputs = [torch.zeros(batch, steps, 2 * cfg.projection_dim, dtype=torch.float64) for _ in range(n_layers)]
-    final_h = torch.zeros(n_layers, 2, batch, cfg.projection_dim, dtype=torch.float64)
-    final_c = torch.zeros(n_layers, 2, batch, cfg.lstm_dim, dtype=torch.float64)
-    for b in range(batch):
-        n = int(lengths[b])
-        for direction in (0, 1):
-            x = inputs[b, :n].double()
-            if direction == 1:
-                x = x.flip(0)
-            for depth, layer in enumerate(encoder.layers):
-                w_in, w_rec = layer.input_weight[direction].double().T, layer.recurrent_weight[direction].double().T
-                bias, w_proj = layer.bias[direction].double(), layer.projection_weight[direction].double().T
-                if initial_state is None:
-                    h = torch.zeros(cfg.projection_dim, dtype=torch.float64)
-                    c = torch.zeros(cfg.lstm_dim, dtype=torch.float64)
-                else:
-                    h = initial_state[0][depth, direction, b].double()
-                    c = initial_state[1][depth, direction, b].double()
-                ys = []
-                for t in range(n):
-                    i, f, j, o = (x[t] @ w_in + h @ w_rec + bias).chunk(4)
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(j)
-                    if cfg.cell_clip is not None:
-                        c = c.clamp(-cfg.cell_clip, cfg.cell_clip)
-                    h = (torch.sigmoid(o) * torch.tanh(c)) @ w_proj
-                    if cfg.proj_clip is not None:
-                        h = h.clamp(-cfg.proj_clip, cfg.proj_clip)
-                    ys.append(h)
-                y = torch.stack(ys) if ys else x.new_zeros(0, cfg.projection_dim)
-                if cfg.use_skip_connections and depth > 0:
-                    y = y + x
-                final_h[depth, direction, b], final_c[depth, direction, b] = h, c  # the initial state if n == 0
-                half = slice(0, cfg.projection_dim) if direction == 0 else slice(cfg.projection_dim, None)
-                outputs[depth][b, :n, half] = y if direction == 0 else y.flip(0)
-                x = y
-    return outputs, (final_h, final_c)
-
-
 # Small chunks so that the tests cross chunk boundaries: input projections of 7 rows x steps (eager), and the CUDA
 # path's fixed-shape chunks run eagerly with 3 steps per chunk and rows padded to a multiple of 4 (graphs).
 PATHS = {
@@ -129,7 +89,7 @@ PATHS = {
 )
 @pytest.mark.parametrize("path", list(PATHS))
 def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_state, path):
-    cfg = tiny_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
+    cfg = small_config(use_skip_connections=skip, cell_clip=clip, proj_clip=clip)
     encoder = ElmoBiLstm(cfg)
     encoder.runtime_options = PATHS[path]
     randomize(encoder, seed=len(lengths))
@@ -152,7 +112,7 @@ def test_packed_bilstm_matches_step_by_step_reference(lengths, skip, clip, with_
 
 
 def test_packed_bilstm_does_not_touch_the_callers_state():
-    cfg = tiny_config()
+    cfg = small_config()
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=5)
     state = (torch.randn(2, 2, 3, cfg.projection_dim), torch.randn(2, 2, 3, cfg.lstm_dim))
@@ -165,25 +125,10 @@ def test_packed_bilstm_does_not_touch_the_callers_state():
 # ---------------------------------------------------------------------------------------------------------- CNN
 
 
-def reference_char_cnn(encoder: ElmoCharacterEncoder, char_ids: torch.Tensor) -> torch.Tensor:
-    """Every word at all `max_characters_per_token` positions, in float64."""
-    embedded = F.embedding(char_ids, encoder.char_embedding.weight.double()).transpose(1, 2)
-    pooled = [F.conv1d(embedded, conv.weight.double(), conv.bias.double()).amax(-1) for conv in encoder.convolutions]
-    x = torch.cat(pooled, -1)
-    x = torch.tanh(x) if encoder.config.char_activation == "tanh" else torch.relu(x)
-    for highway in encoder.highways:
-        gate = torch.sigmoid(F.linear(x, highway.carry.weight.double(), highway.carry.bias.double()))
-        x = gate * torch.relu(F.linear(x, highway.transform.weight.double(), highway.transform.bias.double())) + (
-            1 - gate) * x
-    if encoder.projection is not None:
-        x = F.linear(x, encoder.projection.weight.double(), encoder.projection.bias.double())
-    return x
-
-
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_length_cut_char_cnn_matches_full_width(activation, onednn):
-    cfg = tiny_config(char_activation=activation)
+    cfg = small_config(char_activation=activation)
     encoder = ElmoCharacterEncoder(cfg)
     # several chunks of different cut lengths
     encoder.runtime_options = ElmoRuntimeOptions(cnn_chunk_words=5, use_onednn=onednn)
@@ -217,7 +162,7 @@ def test_length_cut_char_cnn_matches_full_width(activation, onednn):
 @pytest.mark.parametrize("backend", ["eager", "graphs"])
 def test_batch_outputs_equal_each_sentence_alone(backend):
     """Packing sentences into shared rows must not leak anything between them."""
-    cfg = tiny_config()
+    cfg = small_config()
     with torch.random.fork_rng():
         torch.manual_seed(0)  # the character CNN keeps its initialisation from the global generator
         model = ElmoModel(cfg).eval()
@@ -248,7 +193,7 @@ def test_batch_outputs_equal_each_sentence_alone(backend):
 
 def test_training_path_matches_and_has_gradients():
     """With autograd on, the layer runs without `out=` / in-place updates: same numbers, and gradients flow."""
-    cfg = tiny_config()
+    cfg = small_config()
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=11)
     generator = torch.Generator().manual_seed(12)
@@ -268,7 +213,7 @@ def test_training_path_matches_and_has_gradients():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dict():
-    cfg = tiny_config()
+    cfg = small_config()
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=3)
     inputs, lengths = torch.randn(3, 6, cfg.projection_dim), torch.tensor([6, 2, 4])
@@ -299,7 +244,7 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
 
 def test_graph_driver_captures_once_per_shape_and_falls_back_when_capture_fails(monkeypatch):
     """The CUDA-graph bookkeeping, on CPU: a stand-in capture replays the chunk function eagerly."""
-    cfg = tiny_config()
+    cfg = small_config()
     encoder = ElmoBiLstm(cfg)
     encoder.runtime_options = ElmoRuntimeOptions(lstm_backend="graphs")
     randomize(encoder, seed=8)
@@ -338,7 +283,7 @@ def test_graph_driver_captures_once_per_shape_and_falls_back_when_capture_fails(
 
 def test_backward_stream_given_explicitly_equals_the_reversed_rows():
     """`backward_inputs` (a caller-made backward stream, as the LM's streaming mode needs) read in its own order."""
-    cfg = tiny_config()
+    cfg = small_config()
     encoder = ElmoBiLstm(cfg)
     randomize(encoder, seed=13)
     generator = torch.Generator().manual_seed(14)
@@ -359,7 +304,7 @@ def test_backward_stream_given_explicitly_equals_the_reversed_rows():
 
 def test_runtime_options_are_arguments_not_configuration(tmp_path):
     """Runtime settings change how the model runs, never its numbers, and never reach config.json."""
-    cfg = tiny_config()
+    cfg = small_config()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = ElmoModel(cfg).eval()

@@ -10,17 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import FIXTURE_OPTIONS, FIXTURE_WEIGHTS
+from helpers import FIXTURE_OPTIONS, FIXTURE_WEIGHTS, checkpoint_layers
 from hub_server import FakeHub
-from transformers import AutoModel, AutoTokenizer
 
 from hf_elmo.cli import main as cli_main
 from hf_elmo.hub import HubPushError, push_checkpoint_folder
 
 REPO_ID = "elmo-tests/elmo-tiny"
 CONVERT = ["convert", "--options-file", str(FIXTURE_OPTIONS), "--weight-file", str(FIXTURE_WEIGHTS)]
-SENTENCES = [["The", "cat", "sat", "on", "the", "mat", "."], ["Colorless", "green", "ideas", "sleep", "furiously"]]
 
 LOAD_SCRIPT = r"""
 import sys
@@ -43,14 +40,6 @@ np.savez(out, **results)
 
 def folder_digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def local_outputs(folder: Path) -> np.ndarray:
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-    enc = tokenizer(SENTENCES, is_split_into_words=True, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        return torch.stack(model(**enc, output_hidden_states=True).hidden_states).numpy()
 
 
 @pytest.fixture()
@@ -101,7 +90,7 @@ def test_convert_push_then_load_back_from_the_hub(tmp_path, hub):
     outputs = np.load(tmp_path / "outputs.npz")
     assert outputs["hub"].shape == (3, 2, 7, 32)
     assert np.array_equal(outputs["hub"], outputs["local"])
-    assert np.allclose(outputs["hub"], local_outputs(out), atol=1e-6)
+    assert np.allclose(outputs["hub"], checkpoint_layers(out).numpy(), atol=1e-6)
 
 
 def test_second_push_of_the_same_checkpoint_changes_nothing(tmp_path, hub, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import FIXTURE_MODEL_DIR, FIXTURE_WEIGHTS, fixture_options, tiny_options
+from helpers import FIXTURE_MODEL_DIR, FIXTURE_WEIGHTS, fixture_options, options_json, tiny_config, write_random_checkpoint
 from reference_bilm import ReferenceBiLM
 
 SENTENCES = json.loads((FIXTURE_MODEL_DIR / "lm_embeddings_sentences.json").read_text())
@@ -67,9 +67,8 @@ def test_reference_bilm_reproduces_tensorflow():
 def test_all_layers_match_reference(tmp_path, skip):
     """Every layer, with and without skip connections, on random weights in the official layout."""
     from hf_elmo.conversion import convert_original_checkpoint
-    from hf_elmo.checkpoints.bilm_tf import write_random_checkpoint
 
-    options = tiny_options(use_skip_connections=skip)
+    options = options_json(tiny_config(use_skip_connections=skip))
     options_path, weights_path = write_random_checkpoint(options, tmp_path / "src", seed=3)
     folder = convert_original_checkpoint(options_path, weights_path, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from hub_server import FakeHub
-from transformers import AutoModel, AutoTokenizer, pipeline
+from transformers import AutoModel, pipeline
 from transformers.pipelines import FeatureExtractionPipeline
 
 import hf_elmo
+from helpers import run_alone
 from hf_elmo import ElmoFeatureExtractionPipeline
 
 TEXTS = ["The cat sat on the mat .", "Hi", "", "Colorless green ideas sleep furiously , they say .", "A b c"]
@@ -46,32 +47,33 @@ json.dump(results, open(out, "w"))
 """
 
 
-@pytest.fixture(scope="module")
-def model(converted_fixture):
-    return AutoModel.from_pretrained(converted_fixture).eval()
+LAZY_IMPORT_SCRIPT = r"""
+import json, sys
+if sys.argv[2] == "transformers.pipelines first":
+    import transformers.pipelines
+import hf_elmo
+if sys.argv[2] == "hf_elmo first":
+    eager = [m for m in ("datasets", "hf_elmo.jobs", "hf_elmo.pipelines", "transformers.pipelines") if m in sys.modules]
+    assert not eager, f"imported by `import hf_elmo`: {eager}"
+from transformers import pipeline
+pipe = pipeline("elmo-feature-extraction", model=sys.argv[1])
+assert type(pipe) is hf_elmo.ElmoFeatureExtractionPipeline, type(pipe)
+assert "datasets" not in sys.modules
+print(json.dumps(pipe("The cat sat .")))
+"""
 
 
-@pytest.fixture(scope="module")
-def tokenizer(converted_fixture):
-    return AutoTokenizer.from_pretrained(converted_fixture)
-
-
-_ALONE: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-
-
-def alone(model, tokenizer, text: str) -> dict[str, np.ndarray]:
-    """One text run by itself: mix/top `(W, D)`, all `(L+1, W, D)` (memoised per model)."""
-    key = (id(model), text)
-    if key not in _ALONE:
-        _ALONE[key] = _run_alone(model, tokenizer, text)
-    return _ALONE[key]
-
-
-def _run_alone(model, tokenizer, text: str) -> dict[str, np.ndarray]:
-    with torch.inference_mode():
-        out = model(**tokenizer([text], return_tensors="pt"), output_hidden_states=True)
-    return {"mix": out.last_hidden_state[0].numpy(), "top": out.hidden_states[-1][0].numpy(),
-            "all": torch.stack(out.hidden_states)[:, 0].numpy()}
+@pytest.mark.parametrize("order", ["hf_elmo first", "transformers.pipelines first"])
+def test_import_is_lazy_and_the_task_is_registered_in_any_import_order(converted_fixture, fixture_model,
+                                                                        elmo_tokenizer, order):
+    """`import hf_elmo` imports neither datasets, the jobs nor transformers' pipelines (0.16 s), yet
+    `pipeline("elmo-feature-extraction")` works, whichever of hf_elmo and transformers' pipelines comes first."""
+    run = subprocess.run([sys.executable, "-c", LAZY_IMPORT_SCRIPT, str(converted_fixture), order],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = np.asarray(json.loads(run.stdout), dtype=np.float32)
+    np.testing.assert_allclose(got, run_alone(fixture_model, elmo_tokenizer, "The cat sat .")["mix"], atol=1e-5,
+                               rtol=0)
 
 
 def check_stock_results(results, model, tokenizer, batch_size: int) -> None:
@@ -81,30 +83,31 @@ def check_stock_results(results, model, tokenizer, batch_size: int) -> None:
         width = max(len(tokenizer.split_words(t)) for t in texts)  # each text is padded to its batch's longest
         for text, result in zip(texts, results[start:start + batch_size]):
             result = np.asarray(result, dtype=np.float32).reshape(1, -1, D)  # [[]] for a text without words
-            ref = alone(model, tokenizer, text)["mix"]
+            ref = run_alone(model, tokenizer, text)["mix"]
             assert result.shape == (1, width, D)
             np.testing.assert_allclose(result[0, : len(ref)], ref, atol=1e-5, rtol=0)
             assert not result[0, len(ref):].any(), "padding rows must be exact zeros"
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
-def test_stock_pipeline_matches_the_model_and_pads_with_zeros(converted_fixture, model, tokenizer, batch_size):
+def test_stock_pipeline_matches_the_model_and_pads_with_zeros(converted_fixture, fixture_model, elmo_tokenizer,
+                                                              batch_size):
     pipe = pipeline("feature-extraction", model=str(converted_fixture))  # hf_elmo installed, no trust_remote_code
     assert type(pipe) is FeatureExtractionPipeline and type(pipe.model) is hf_elmo.ElmoModel
-    check_stock_results(pipe(TEXTS, batch_size=batch_size), model, tokenizer, batch_size)
+    check_stock_results(pipe(TEXTS, batch_size=batch_size), fixture_model, elmo_tokenizer, batch_size)
 
 
-def test_stock_pipeline_padding_is_zero_with_layer_norm_mix(converted_fixture, tokenizer):
+def test_stock_pipeline_padding_is_zero_with_layer_norm_mix(converted_fixture, elmo_tokenizer):
     """With `do_layer_norm` the mix of zeros is -mean/std; the model zeroes padding positions again."""
     layer_norm = AutoModel.from_pretrained(converted_fixture, do_layer_norm=True).eval()
-    pipe = pipeline("feature-extraction", model=layer_norm, tokenizer=tokenizer)
+    pipe = pipeline("feature-extraction", model=layer_norm, tokenizer=elmo_tokenizer)
     results = pipe(["one two three four", "one"], batch_size=2)
     short = np.asarray(results[1])
     assert short.shape == (1, 4, D) and short[0, 0].any() and not short[0, 1:].any()
 
 
-def test_stock_pipeline_from_a_hub_repo_with_and_without_hf_elmo(tmp_path, monkeypatch, converted_fixture, model,
-                                                               tokenizer):
+def test_stock_pipeline_from_a_hub_repo_with_and_without_hf_elmo(tmp_path, monkeypatch, converted_fixture,
+                                                               fixture_model, elmo_tokenizer):
     """A repo id on a local Hub server: `trust_remote_code=True` in a process where `import hf_elmo` fails,
     then hf_elmo installed with no `trust_remote_code`, then `ElmoFeatureExtractionPipeline`."""
     from huggingface_hub import constants
@@ -121,11 +124,11 @@ def test_stock_pipeline_from_a_hub_repo_with_and_without_hf_elmo(tmp_path, monke
                              capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(out.read_text())
-    check_stock_results(results["remote_batched"], model, tokenizer, 3)
-    check_stock_results(results["remote_single"], model, tokenizer, 1)
-    check_stock_results(results["installed_batched"], model, tokenizer, 3)
+    check_stock_results(results["remote_batched"], fixture_model, elmo_tokenizer, 3)
+    check_stock_results(results["remote_single"], fixture_model, elmo_tokenizer, 1)
+    check_stock_results(results["installed_batched"], fixture_model, elmo_tokenizer, 3)
     for text, result in zip(TEXTS, results["elmo_batched"]):
-        ref = alone(model, tokenizer, text)["mix"]
+        ref = run_alone(fixture_model, elmo_tokenizer, text)["mix"]
         got = np.asarray(result, dtype=np.float32).reshape(-1, D)  # [] for a text without words
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
@@ -133,7 +136,7 @@ def test_stock_pipeline_from_a_hub_repo_with_and_without_hf_elmo(tmp_path, monke
 
 @pytest.mark.parametrize("how", ["pipeline_class", "task"])
 @pytest.mark.parametrize("batch_size", [1, 2, 4])
-def test_elmo_pipeline_one_vector_per_word(converted_fixture, model, tokenizer, how, batch_size):
+def test_elmo_pipeline_one_vector_per_word(converted_fixture, fixture_model, elmo_tokenizer, how, batch_size):
     if how == "pipeline_class":
         pipe = pipeline("feature-extraction", model=str(converted_fixture), pipeline_class=ElmoFeatureExtractionPipeline)
     else:
@@ -142,19 +145,20 @@ def test_elmo_pipeline_one_vector_per_word(converted_fixture, model, tokenizer, 
     results = pipe(TEXTS, batch_size=batch_size)
     assert isinstance(results[0], list) and isinstance(results[0][0][0], float)
     for text, result in zip(TEXTS, results):
-        ref = alone(model, tokenizer, text)["mix"]
+        ref = run_alone(fixture_model, elmo_tokenizer, text)["mix"]
         got = np.asarray(result, dtype=np.float32).reshape(-1, D)
         assert got.shape == ref.shape  # no padding rows, no leading batch axis
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("representation", ["mix", "top", "all"])
-def test_elmo_pipeline_representations_pooling_and_tensors(converted_fixture, model, tokenizer, representation):
+def test_elmo_pipeline_representations_pooling_and_tensors(converted_fixture, fixture_model, elmo_tokenizer,
+                                                           representation):
     pipe = pipeline("elmo-feature-extraction", model=str(converted_fixture), representation=representation)
     words = pipe(TEXTS, batch_size=3, return_tensors=True)
     pooled = pipe(TEXTS, batch_size=3, return_tensors=True, pooling="mean")
     for text, got, mean in zip(TEXTS, words, pooled):
-        ref = alone(model, tokenizer, text)[representation]
+        ref = run_alone(fixture_model, elmo_tokenizer, text)[representation]
         assert isinstance(got, torch.Tensor) and got.device.type == "cpu" and tuple(got.shape) == ref.shape
         np.testing.assert_allclose(got.numpy(), ref, atol=1e-5, rtol=0)
         expected_mean = ref.mean(axis=-2) if ref.shape[-2] else np.zeros(ref.shape[:-2] + (D,), np.float32)
@@ -162,20 +166,38 @@ def test_elmo_pipeline_representations_pooling_and_tensors(converted_fixture, mo
         np.testing.assert_allclose(mean.numpy(), expected_mean, atol=1e-5, rtol=0)
     # A call-time option overrides the construction-time default.
     top = pipe(TEXTS[0], representation="top", return_tensors=True)
-    np.testing.assert_allclose(top.numpy(), alone(model, tokenizer, TEXTS[0])["top"], atol=1e-5, rtol=0)
+    alone = run_alone(fixture_model, elmo_tokenizer, TEXTS[0])
+    np.testing.assert_allclose(top.numpy(), alone["top"], atol=1e-5, rtol=0)
 
 
-def test_elmo_pipeline_pre_split_words(converted_fixture, model, tokenizer):
+def test_a_call_option_overrides_the_pipeline_default_even_with_none(converted_fixture, fixture_model,
+                                                                     elmo_tokenizer):
+    """`pooling=None` in a call means word vectors, whatever the pipeline was built with (and so for every option)."""
+    pooled = pipeline("elmo-feature-extraction", model=str(converted_fixture), pooling="mean", representation="top")
+    alone = run_alone(fixture_model, elmo_tokenizer, TEXTS[0])
+    np.testing.assert_allclose(pooled(TEXTS[0], return_tensors=True).numpy(), alone["top"].mean(axis=0),
+                               atol=1e-5, rtol=0)
+    words = pooled(TEXTS[0], pooling=None, return_tensors=True)
+    assert tuple(words.shape) == alone["top"].shape
+    np.testing.assert_allclose(words.numpy(), alone["top"], atol=1e-5, rtol=0)
+    mix = pooled(TEXTS[0], representation="mix", pooling=None, return_tensors=True)
+    np.testing.assert_allclose(mix.numpy(), alone["mix"], atol=1e-5, rtol=0)
+    # A call without the option still gets the pipeline's default.
+    assert tuple(pooled(TEXTS[0], return_tensors=True).shape) == (D,)
+
+
+def test_elmo_pipeline_pre_split_words(converted_fixture, fixture_model, elmo_tokenizer):
     pipe = pipeline("elmo-feature-extraction", model=str(converted_fixture))
-    words = [tokenizer.split_words(t) for t in TEXTS]
+    words = [elmo_tokenizer.split_words(t) for t in TEXTS]
     from_lists = pipe(words, is_split_into_words=True, batch_size=2, return_tensors=True)
     from_tuple = pipe(tuple(words[0]), return_tensors=True)  # a tuple is one pre-split sentence
     for text, got in zip(TEXTS, from_lists):
-        np.testing.assert_allclose(got.numpy(), alone(model, tokenizer, text)["mix"], atol=1e-5, rtol=0)
+        alone = run_alone(fixture_model, elmo_tokenizer, text)
+        np.testing.assert_allclose(got.numpy(), alone["mix"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(from_tuple.numpy(), from_lists[0].numpy(), atol=1e-6, rtol=0)
 
 
-def test_elmo_pipeline_device(converted_fixture, model, tokenizer):
+def test_elmo_pipeline_device(converted_fixture, fixture_model, elmo_tokenizer):
     pipe = pipeline("elmo-feature-extraction", model=str(converted_fixture), device="cpu")
     assert pipe.device == torch.device("cpu") and pipe.model.device == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -185,7 +207,8 @@ def test_elmo_pipeline_device(converted_fixture, model, tokenizer):
     got = gpu(TEXTS, batch_size=2, return_tensors=True)
     for text, vectors in zip(TEXTS, got):
         assert vectors.device.type == "cpu"  # results come back to the CPU, as in every pipeline
-        np.testing.assert_allclose(vectors.numpy(), alone(model, tokenizer, text)["mix"], atol=1e-4, rtol=0)
+        alone = run_alone(fixture_model, elmo_tokenizer, text)
+        np.testing.assert_allclose(vectors.numpy(), alone["mix"], atol=1e-4, rtol=0)
 
 
 def test_elmo_pipeline_bad_options(converted_fixture):
@@ -198,7 +221,7 @@ def test_elmo_pipeline_bad_options(converted_fixture):
         pipeline("elmo-feature-extraction", model=str(converted_fixture), pooling="sum")
 
 
-def test_saved_pipeline_needs_no_trust_remote_code(tmp_path, converted_fixture, model, tokenizer):
+def test_saved_pipeline_needs_no_trust_remote_code(tmp_path, converted_fixture, fixture_model, elmo_tokenizer):
     """No `custom_pipelines` entry is written, so the saved folder loads like any checkpoint."""
     pipe = pipeline("elmo-feature-extraction", model=str(converted_fixture))
     pipe.save_pretrained(tmp_path / "saved")
@@ -207,5 +230,6 @@ def test_saved_pipeline_needs_no_trust_remote_code(tmp_path, converted_fixture, 
     for task in ("elmo-feature-extraction", "feature-extraction"):
         loaded = pipeline(task, model=str(tmp_path / "saved"))
         got = np.asarray(loaded(TEXTS[0]), dtype=np.float32).reshape(-1, D)
-        np.testing.assert_allclose(got, alone(model, tokenizer, TEXTS[0])["mix"], atol=1e-5, rtol=0)
+        alone = run_alone(fixture_model, elmo_tokenizer, TEXTS[0])
+        np.testing.assert_allclose(got, alone["mix"], atol=1e-5, rtol=0)
     shutil.rmtree(tmp_path / "saved")

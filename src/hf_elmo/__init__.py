@@ -1,15 +1,23 @@
 """hf-elmo: ELMo (Peters et al. 2018) as a native transformers model.
 
-Importing this package registers model type "elmo" with `AutoConfig`, `AutoTokenizer` and `AutoModel`.
+Importing this package registers model type "elmo" with `AutoConfig`, `AutoTokenizer` and `AutoModel`, and the
+"elmo-feature-extraction" pipeline task. `embed_dataset` and `ElmoFeatureExtractionPipeline` are imported on
+first use, so `import hf_elmo` does not import `datasets`, the jobs or transformers' pipelines.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any, Callable
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
 from .tokenization_elmo import ElmoTokenizer
-from .jobs.datasets_job import embed_dataset
-from .pipelines import ElmoFeatureExtractionPipeline, register_pipeline as _register_pipeline
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
 AutoModel.register(ElmoConfig, ElmoModel, exist_ok=True)
@@ -18,9 +26,59 @@ AutoTokenizer.register(ElmoConfig, tokenizer_class=ElmoTokenizer, exist_ok=True)
 ElmoConfig.register_for_auto_class()
 ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
-_register_pipeline()  # the "elmo-feature-extraction" task
 
 __version__ = "0.1.0"
+
+# Public names imported on first access (PEP 562): name -> module.
+_LAZY = {"embed_dataset": ".jobs.datasets_job", "ElmoFeatureExtractionPipeline": ".pipelines"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: runs `callback` right after module `name` has been imported (executed)."""
+
+    def __init__(self, name: str, callback: Callable[[], None]):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # first, so that the real finders below answer (and no recursion)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            exec_module, callback = spec.loader.exec_module, self.callback
+
+            def exec_then_callback(module: Any) -> None:
+                exec_module(module)
+                callback()
+
+            spec.loader.exec_module = exec_then_callback  # this spec's own loader instance
+        return spec
+
+
+def _register_pipeline_task() -> None:
+    from .pipelines import register_pipeline
+
+    register_pipeline()
+
+
+# transformers' task registry lives in `transformers.pipelines`, which costs about 0.16 s to import, and
+# `transformers.pipeline(...)` imports it anyway: register the task then (or now, if it is already imported).
+if "transformers.pipelines" in sys.modules:
+    _register_pipeline_task()
+else:
+    sys.meta_path.insert(0, _AfterImport("transformers.pipelines", _register_pipeline_task))
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
 __all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]

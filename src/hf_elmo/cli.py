@@ -36,12 +36,14 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> None:
     from .conversion import convert_original_checkpoint
+    from .jobs.core import quiet_weight_progress
 
     card = None if args.model_card == "generic" else args.model_card
-    out = convert_original_checkpoint(
-        args.options_file, args.weight_file, args.output_dir, vocab_file=args.vocab_file, model_card=card,
-        cache_dir=args.cache_dir,
-    )
+    with quiet_weight_progress():  # no "Writing model shards" bar for a one-second write
+        out = convert_original_checkpoint(
+            args.options_file, args.weight_file, args.output_dir, vocab_file=args.vocab_file, model_card=card,
+            cache_dir=args.cache_dir,
+        )
     print(f"wrote {out}")
     if args.push_to_hub:
         from .hub import push_checkpoint_folder
@@ -58,11 +60,11 @@ def run_convert(args: argparse.Namespace) -> None:
 def run_embed(args: argparse.Namespace) -> None:
     import torch
 
+    from .jobs.core import load_model
     from .jobs.hdf5_job import embed_file
-    from .modeling_elmo import ElmoModel
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model = ElmoModel.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    model = load_model(args.model, dtype=dtype, device=args.device)
     split_words = None
     if args.raw_text:
         from .tokenization_elmo import ElmoTokenizer
@@ -73,7 +75,7 @@ def run_embed(args: argparse.Namespace) -> None:
         use_sentence_keys=args.use_sentence_keys, forget_sentences=args.forget_sentences, split_words=split_words,
         overwrite=args.overwrite,
     )
-    resumed = f", resumed at line {summary.resumed_from_line}" if summary.resumed_from_line else ""
+    resumed = f", resumed at line {summary.resumed_from_line + 1}" if summary.resumed_from_line else ""
     blank = f", {summary.blank_lines} blank" if summary.blank_lines else ""
     print(f"wrote {summary.lines} sentences{blank} to {summary.output_file}{resumed}")
 
@@ -108,11 +110,11 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 def run_dump_token_embeddings(args: argparse.Namespace) -> None:
     import torch
 
-    from .conversion import dump_token_embeddings, read_vocab_file
-    from .modeling_elmo import ElmoModel
+    from .jobs.core import load_model, read_vocab_file
+    from .jobs.hdf5_job import dump_token_embeddings
 
     words = read_vocab_file(args.vocab_file, unique=False)
-    model = ElmoModel.from_pretrained(args.model).to(args.device).eval()
+    model = load_model(args.model, device=args.device)
     with torch.inference_mode():
         out = dump_token_embeddings(model, words, args.output_file, batch_size=args.batch_size)
     print(f"wrote {len(words)} token vectors to {out}")

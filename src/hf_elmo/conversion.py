@@ -16,25 +16,10 @@ from .download import resolve_file
 from .modeling_elmo import ElmoModel
 from .checkpoints import CheckpointError
 from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, largest_weight, read_options, read_weights
+from .jobs.core import read_vocab_file
 from .tokenization_elmo import BEGIN_OF_WORD_CHAR, END_OF_WORD_CHAR, PADDING_CHAR, ElmoTokenizer
 
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")
-
-
-def read_vocab_file(path: str | os.PathLike, unique: bool = True) -> list[str]:
-    """
-    Words of a vocabulary file, one per line, in order (`<S>` / `</S>` are the sentence-boundary tokens).
-    With `unique`, blank lines and repeats are dropped; without, every line is a word, as bilm-tf reads it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: vocabulary file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise CheckpointError(f"{path}: not UTF-8 text ({error})") from None
-    words = [line.strip() for line in lines]
-    return list(dict.fromkeys(w for w in words if w)) if unique else words
 
 
 def official_model_card_name(config: ElmoConfig, sources: list[str]) -> str | None:
@@ -186,36 +171,4 @@ def _replace_directory(new: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-@torch.no_grad()
-def dump_token_embeddings(
-    model: ElmoModel, words: list[str], output_file: str | os.PathLike, batch_size: int = 4096
-) -> Path:
-    """
-    Write bilm-tf's `dump_token_embeddings` file: dataset `embedding`, float32 `(len(words), projection_dim)`,
-    the context-free token vector of each word in order (`<S>` / `</S>` are the sentence-boundary tokens).
-    """
-    import h5py
-    from tqdm.auto import tqdm
-
-    from .tokenization_elmo import word_to_char_ids
-
-    output_file = Path(output_file)
-    c = model.config.max_characters_per_token
-    device = model.device
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as hdf5:
-            dataset = hdf5.create_dataset("embedding", (len(words), model.config.projection_dim), dtype="float32")
-            for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
-                chunk = words[start : start + batch_size]
-                ids = torch.tensor([word_to_char_ids(w, c) for w in chunk], dtype=torch.long, device=device)
-                dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
-        os.replace(tmp_name, output_file)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return output_file
-
-
-__all__ = ["MODEL_CARDS", "convert_original_checkpoint", "dump_token_embeddings", "read_vocab_file"]
+__all__ = ["MODEL_CARDS", "convert_original_checkpoint"]

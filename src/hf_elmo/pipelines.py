@@ -26,9 +26,11 @@ import torch
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
 
-from .jobs.datasets_job import REPRESENTATIONS, check_options, masked_mean, select_representation
+from .jobs.core import REPRESENTATIONS, check_representation, masked_mean, select_representation
 
 ELMO_FEATURE_EXTRACTION_TASK = "elmo-feature-extraction"
+# The default of a call option nobody passed: `pooling=None` is a value (no pooling), so None cannot mean "not given".
+_NOT_GIVEN: Any = object()
 
 
 class ElmoFeatureExtractionPipeline(FeatureExtractionPipeline):
@@ -42,7 +44,8 @@ class ElmoFeatureExtractionPipeline(FeatureExtractionPipeline):
         representation (`str`, defaults to `"mix"`): `"mix"` (the model's scalar mix, `last_hidden_state`),
             `"top"` (the top biLSTM layer) or `"all"` (every layer, layer 0 being the character-CNN token vector).
         pooling (`str`, *optional*): `"mean"` for one sentence vector, the mean over the words (TF-Hub's
-            `default` output for `"mix"`); zeros for a text without words.
+            `default` output for `"mix"`); zeros for a text without words. `None` (the default): word vectors;
+            passed to a call, `None` overrides a pipeline built with `pooling="mean"`.
         is_split_into_words (`bool`, *optional*): The inputs are lists of words, not raw text.
         return_tensors (`bool`, *optional*): Return `torch.Tensor`s (on the CPU) instead of nested lists.
         tokenize_kwargs (`dict`, *optional*), truncation: As for [`FeatureExtractionPipeline`]; `truncation=True`
@@ -59,7 +62,7 @@ class ElmoFeatureExtractionPipeline(FeatureExtractionPipeline):
         tokenize_kwargs: dict[str, Any] | None = None,
         return_tensors: bool | None = None,
         representation: str | None = None,
-        pooling: str | None = None,
+        pooling: str | None = _NOT_GIVEN,
         is_split_into_words: bool | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -72,8 +75,8 @@ class ElmoFeatureExtractionPipeline(FeatureExtractionPipeline):
             if representation not in REPRESENTATIONS:
                 raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
             forward_params["representation"] = representation
-        if pooling is not None:
-            check_options("mix", pooling)
+        if pooling is not _NOT_GIVEN:
+            check_representation("mix", pooling)
             postprocess_params["pooling"] = pooling
         return preprocess_params, forward_params, postprocess_params
 

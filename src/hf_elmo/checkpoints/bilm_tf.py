@@ -249,50 +249,14 @@ def _state_dict_from_arrays(arrays: dict[str, np.ndarray], config: ElmoConfig) -
     return {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in state.items()}
 
 
-def options_from_config(config: ElmoConfig) -> dict[str, Any]:
-    """The inference `options.json` contents describing `config`."""
-    return {
-        "lstm": {"dim": config.lstm_dim, "projection_dim": config.projection_dim,
-                 "n_layers": config.num_hidden_layers, "cell_clip": config.cell_clip,
-                 "proj_clip": config.proj_clip, "use_skip_connections": config.use_skip_connections},
-        "char_cnn": {"activation": config.char_activation, "filters": config.char_filters,
-                     "n_highway": config.num_highway_layers, "embedding": {"dim": config.char_embedding_dim},
-                     "n_characters": config.num_characters,
-                     "max_characters_per_token": config.max_characters_per_token},
-    }
-
-
-def write_random_checkpoint(
-    options: dict[str, Any], directory: str | os.PathLike, seed: int = 0, scale: float = 0.1
-) -> tuple[Path, Path]:
-    """
-    Write `options.json` and `weights.hdf5` with random weights in the official dataset layout and shapes
-    (for tests and benchmarks: no real release can be downloaded here). Returns both paths.
-    """
-    import h5py
-
-    config = config_from_options(options)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    options_path, weights_path = directory / "options.json", directory / "weights.hdf5"
-    options_path.write_text(json.dumps(options), encoding="utf-8")
-    with h5py.File(weights_path, "w") as hdf5:
-        for name, shape in expected_datasets(config).items():
-            hdf5.create_dataset(name, data=(rng.standard_normal(shape, dtype=np.float32) * scale))
-    return options_path, weights_path
-
-
 __all__ = [
     "CheckpointError",
     "OFFICIAL_MODELS",
     "config_from_options",
     "expected_datasets",
     "official_options",
-    "options_from_config",
     "largest_weight",
     "read_datasets",
     "read_options",
     "read_weights",
-    "write_random_checkpoint",
 ]

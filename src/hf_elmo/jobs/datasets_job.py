@@ -28,8 +28,9 @@ How the job runs:
   (measured on 4,000 rows of `(~20, 1024)`: 2 s and 323 MB, against 19 s and 645 MB for Python lists,
   which datasets also widens to float64).
 * Caching: the map gets a fingerprint made of the input dataset's fingerprint, a hash of the model's weights
-  and config, and the options that change the numbers (column, representation, pooling, tokenizer settings),
-  not `batch_size`, `sort_window` or the devices. When the dataset is backed by cache files (loaded with
+  and architecture (`core.model_fingerprint`), and the options that change the numbers (column, representation,
+  pooling, tokenizer settings), not `batch_size`, `sort_window`, the devices or runtime settings such as
+  `prepack_cpu_weights`. When the dataset is backed by cache files (loaded with
   `load_dataset` / `load_from_disk`), a rerun with the same arguments loads the earlier result from the cache
   file instead of running the model. In-memory datasets (`Dataset.from_dict`) are not cached by datasets
   unless `cache_file_name` is given.
@@ -50,117 +51,32 @@ How the job runs:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..tokenization_elmo import ElmoTokenizer
+from .core import Pooling, Representation, check_representation, embed_word_lists, load_model, model_fingerprint
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
     from ..modeling_elmo import ElmoModel
 
-Representation = Literal["mix", "top", "all"]
-Pooling = Union[Literal["mean"], None]
-REPRESENTATIONS: tuple[str, ...] = ("mix", "top", "all")
-POOLINGS: tuple[str | None, ...] = (None, "mean")
 DEFAULT_OUTPUT_COLUMN = "elmo"
 # Bump when the stored numbers or layout change, so that old cache files are not reused.
 JOB_FORMAT_VERSION = 1
 _STRING_DTYPES = ("string", "large_string")
 
 
-# --------------------------------------------------------------------------------------------- core helpers
-def check_options(representation: str, pooling: str | None) -> None:
-    """Raise a `ValueError` for an unknown `representation` or `pooling`."""
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be None or 'mean', got {pooling!r}")
-
-
-def select_representation(outputs: Any, representation: str) -> torch.Tensor:
-    """
-    The requested vectors from an `ElmoModelOutput`:
-    `"mix"` -> `last_hidden_state` `(B, W, D)`; `"top"` -> the top biLSTM layer `(B, W, D)`;
-    `"all"` -> every layer stacked as `(B, L+1, W, D)` (layer 0 is the character-CNN token vector).
-    """
-    if representation == "mix":
-        return outputs.last_hidden_state
-    if outputs.hidden_states is None:
-        raise ValueError(f"representation={representation!r} needs the model run with output_hidden_states=True")
-    if representation == "top":
-        return outputs.hidden_states[-1]
-    return torch.stack(outputs.hidden_states, dim=1)
-
-
-def masked_mean(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """
-    Mean over the words of each sentence: `vectors` `(B, W, D)` or `(B, L+1, W, D)`, `mask` `(B, W)` ->
-    `(B, D)` or `(B, L+1, D)`. A sentence without words gets zeros.
-    """
-    weights = mask.to(vectors.dtype)
-    if vectors.dim() == 4:
-        weights = weights[:, None]
-    total = (vectors * weights[..., None]).sum(dim=-2)
-    count = weights.sum(dim=-1, keepdim=True).clamp_min(1)
-    return total / count
-
-
-@torch.inference_mode()
-def embed_word_lists(
-    model: ElmoModel,
-    tokenizer: ElmoTokenizer,
-    sentences: Sequence[Sequence[str]],
-    representation: Representation = "mix",
-    pooling: Pooling = None,
-    batch_size: int = 64,
-) -> list[np.ndarray]:
-    """
-    ELMo vectors of pre-split sentences, as float32 numpy arrays in the input order.
-
-    Sentences are sorted by length and run `batch_size` at a time. Each array has shape `(n_words, D)`
-    (`"mix"`/`"top"`) or `(n_words, L+1, D)` (`"all"`); with `pooling="mean"`, `(D,)` or `(L+1, D)`.
-    """
-    check_options(representation, pooling)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    lengths = np.array([len(s) for s in sentences], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    results: list[np.ndarray | None] = [None] * len(sentences)
-    device = model.device
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        enc = tokenizer([list(sentences[i]) for i in rows], is_split_into_words=True, padding=True,
-                        return_tensors="pt")
-        mask = enc["attention_mask"].to(device)
-        outputs = model(input_ids=enc["input_ids"].to(device), attention_mask=mask,
-                        output_hidden_states=representation != "mix")
-        vectors = select_representation(outputs, representation)
-        if pooling == "mean":
-            array = masked_mean(vectors, mask).float().cpu().numpy()
-            for j, i in enumerate(rows):
-                results[i] = array[j]
-        else:
-            if representation == "all":
-                vectors = vectors.transpose(1, 2)  # (B, W, L+1, D): words first, as datasets needs
-            array = vectors.float().cpu().numpy()
-            for j, i in enumerate(rows):
-                results[i] = array[j, : lengths[i]]
-    return results  # type: ignore[return-value]
-
-
 def output_feature(config: Any, representation: Representation = "mix", pooling: Pooling = None) -> Any:
     """The datasets feature of the embedding column (see the module docstring for the shapes)."""
     from datasets import Array2D, Array3D, List, Value
 
-    check_options(representation, pooling)
+    check_representation(representation, pooling)
     dim = config.output_dim
     n_layers = config.num_hidden_layers + 1
     if pooling is None:
@@ -170,19 +86,6 @@ def output_feature(config: Any, representation: Representation = "mix", pooling:
     if representation == "all":
         return Array2D(shape=(n_layers, dim), dtype="float32")
     return List(Value("float32"), length=dim)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of the model's config and every tensor of its state dict (names, dtypes, shapes and values)."""
-    digest = hashlib.blake2b(digest_size=16)
-    config = {k: v for k, v in model.config.to_dict().items()
-              if not k.startswith("_") and k not in ("transformers_version", "name_or_path")}
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def text_column_kind(dataset: Dataset, text_column: str) -> bool:
@@ -270,7 +173,7 @@ class ElmoEmbedFunction:
             key = (self.source, str(self.dtype))
             cached = _WORKER_STATE.get("model")
             if cached is None or _WORKER_STATE.get("model_key") != key:
-                cached = _load_model(self.source, self.dtype)  # type: ignore[arg-type]
+                cached = load_model(self.source, dtype=self.dtype)  # type: ignore[arg-type]
                 _WORKER_STATE["model"], _WORKER_STATE["model_key"] = cached, key
             self.model = cached
         if self.model.device != device:
@@ -292,13 +195,6 @@ class ElmoEmbedFunction:
         vectors = embed_word_lists(model, self.tokenizer, sentences, self.representation, self.pooling,
                                    self.batch_size)
         return {self.output_column: vectors}
-
-
-def _load_model(source: str, dtype: torch.dtype | None) -> ElmoModel:
-    from ..modeling_elmo import ElmoModel
-
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    return ElmoModel.from_pretrained(source, **kwargs).eval()
 
 
 @contextlib.contextmanager
@@ -387,7 +283,7 @@ def embed_dataset(
         })
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}")
-    check_options(representation, pooling)
+    check_representation(representation, pooling)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if sort_window < batch_size:
@@ -408,9 +304,8 @@ def embed_dataset(
     source: str | None = None
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
-        loaded = _load_model(source, dtype)
-        if num_proc is None and device_list is None and torch.cuda.is_available():
-            loaded.to("cuda:0")
+        on_gpu = num_proc is None and device_list is None and torch.cuda.is_available()
+        loaded = load_model(model, dtype=dtype, device="cuda:0" if on_gpu else None)
     else:
         loaded = model
         if getattr(getattr(loaded, "config", None), "model_type", None) != "elmo":
@@ -458,4 +353,4 @@ def embed_dataset(
         return dataset.map(function, **map_kwargs)
 
 
-__all__ = ["embed_dataset", "embed_word_lists", "output_feature", "model_fingerprint", "ElmoEmbedFunction"]
+__all__ = ["ElmoEmbedFunction", "embed_dataset", "output_feature"]

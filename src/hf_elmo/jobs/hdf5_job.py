@@ -1,8 +1,11 @@
-"""`hf-elmo embed`: embed a text file sentence by sentence into allennlp's `elmo` command HDF5 layout.
+"""HDF5 jobs: `hf-elmo embed` (`embed_file`) and `hf-elmo dump-token-embeddings` (`dump_token_embeddings`).
+
+`embed_file` embeds a text file sentence by sentence into allennlp's `elmo` command HDF5 layout.
 
 File layout (the same as allennlp's `allennlp elmo`):
 
-* one float32 dataset per input line, named by the line number (`"0"`, `"1"`, ...) or, with
+* one float32 dataset per input line, named by its index from 0 (`"0"`, `"1"`, ..., as allennlp names them;
+  messages count lines from 1, as editors do) or, with
   `use_sentence_keys`, by the sentence itself; shape `(num_hidden_layers + 1, n_words, 2 * projection_dim)`
   for `"all"` (layer 0 is the character-CNN token vector repeated for both directions) and
   `(n_words, 2 * projection_dim)` for `"top"` and `"average"`;
@@ -37,7 +40,9 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +53,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from .datasets_job import model_fingerprint
-from ..tokenization_elmo import ElmoTokenizer
+from ..tokenization_elmo import ElmoTokenizer, word_to_char_ids
+from .core import model_fingerprint
 
 if TYPE_CHECKING:
     from ..modeling_elmo import ElmoModel
@@ -64,6 +69,8 @@ SYNC_SECONDS = 10.0  # fsync the logs and the manifest at most this often
 MANIFEST = "manifest.json"
 VECTORS = "vectors.bin"
 LENGTHS = "lengths.bin"
+# What `errors="surrogateescape"` turns each undecodable byte into (valid UTF-8 never decodes to these).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class EmbedError(ValueError):
@@ -78,6 +85,7 @@ class EmbedSummary:
     lines: int
     blank_lines: int
     resumed_from_line: int
+    """Lines an earlier, interrupted run had done (0 for a fresh run): this run started at the next line."""
 
 
 def work_dir_for(output_file: str | os.PathLike) -> Path:
@@ -175,7 +183,7 @@ def embed_file(
             _truncate_logs(work, manifest, floats_per_word)
         resumed_from = manifest["lines_done"]
         if resumed_from:
-            logger.warning(f"resuming {output_file} at line {resumed_from} of {n_lines}")
+            logger.warning(f"resuming {output_file} at line {resumed_from + 1} of {n_lines}")
 
         _embed_lines(model, input_file, work, manifest, output_format, batch_size, split_words,
                                    n_lines, progress)
@@ -196,25 +204,34 @@ def _scan_input(input_file: Path, use_sentence_keys: bool) -> tuple[int, int, st
     digest = hashlib.sha256()
     seen: dict[bytes, int] = {}
     n = blank = 0
-    try:
-        with open(input_file, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                data = line.encode("utf-8", "surrogatepass")
-                digest.update(data)
-                blank += not line.strip()
-                if use_sentence_keys:
-                    key = line.strip()
-                    if not key:
-                        raise EmbedError(f"{input_file}: line {n - 1} is blank, which cannot be a dataset name "
-                                         "with --use-sentence-keys; remove it or key by line number")
-                    short = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).digest()
-                    if short in seen:
-                        raise EmbedError(f"{input_file}: lines {seen[short]} and {n - 1} hold the same sentence, "
-                                         "so --use-sentence-keys cannot name them apart; key by line number instead")
-                    seen[short] = n - 1
-    except UnicodeDecodeError as error:
-        raise EmbedError(f"{input_file}: line {n + 1} is not UTF-8 ({error.reason})") from None
+    # Text files are decoded a chunk (8 kB) at a time, so a strict reader fails before handing out the lines ahead
+    # of a bad byte and cannot say where it is. Undecodable bytes are read as lone surrogates instead, and the
+    # first line holding one is named (lines counted from 1, as everywhere in messages).
+    with open(input_file, encoding="utf-8", errors="surrogateescape") as f:
+        for n, line in enumerate(f, start=1):
+            bad = _UNDECODABLE.search(line)
+            if bad:
+                raise _not_utf8_error(input_file, n, line, bad)
+            digest.update(line.encode("utf-8"))
+            blank += not line.strip()
+            if use_sentence_keys:
+                key = line.strip()
+                if not key:
+                    raise EmbedError(f"{input_file}: line {n} is blank, which cannot be a dataset name "
+                                     "with --use-sentence-keys; remove it or key by line number")
+                short = hashlib.blake2b(key.encode("utf-8"), digest_size=12).digest()
+                if short in seen:
+                    raise EmbedError(f"{input_file}: lines {seen[short]} and {n} hold the same sentence, "
+                                     "so --use-sentence-keys cannot name them apart; key by line number instead")
+                seen[short] = n
     return n, blank, digest.hexdigest()
+
+
+def _not_utf8_error(input_file: Path, line_number: int, line: str, bad: re.Match) -> EmbedError:
+    """The error for line `line_number` (from 1), read with `errors="surrogateescape"`: which byte is bad."""
+    offset = len(line[: bad.start()].encode("utf-8", "surrogateescape")) + 1
+    value = ord(bad.group()) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+    return EmbedError(f"{input_file}: line {line_number} is not UTF-8 (byte {offset} of the line is 0x{value:02x})")
 
 
 def _callable_name(function: Callable | None) -> str:
@@ -276,7 +293,7 @@ def _truncate_logs(work: Path, manifest: dict, floats_per_word: int) -> None:
     if have_vectors < n_bytes or have_lengths < 8 * lines:
         lines, n_bytes = _complete_prefix(lengths, min(lines, have_lengths // 8), have_vectors, 4 * floats_per_word)
         logger.warning(f"{work}: the logs are shorter than the manifest says (lost writes?); resuming from line "
-                       f"{lines} instead of {manifest['lines_done']}")
+                       f"{lines + 1} instead of {manifest['lines_done'] + 1}")
         manifest["lines_done"], manifest["vectors_bytes"] = lines, n_bytes
         _write_manifest(work, manifest)
     os.truncate(vectors, n_bytes)
@@ -357,8 +374,9 @@ def _embed_lines(
                 if not words:
                     blank += 1
                     if blank <= MAX_BLANK_LINE_WARNINGS:
-                        logger.warning(f"{input_file}: line {line_number + offset} is blank; stored as an empty "
-                                       "entry")
+                        index = line_number + offset
+                        logger.warning(f"{input_file}: line {index + 1} is blank; stored as an empty entry "
+                                       f"(dataset \"{index}\")")
             arrays = _embed_batch(model, tokenizer, sentences, output_format)
             counts = np.array([len(s) for s in sentences], dtype="<i8")
             for array in arrays:
@@ -414,13 +432,14 @@ def _assemble(
                 count = int(np.prod(shape))
                 data = np.frombuffer(vectors.read(4 * count), dtype="<f4")
                 if data.size != count:
-                    raise EmbedError(f"{work / VECTORS}: ends early at line {index}; pass --overwrite to start over")
+                    raise EmbedError(f"{work / VECTORS}: ends early at line {index + 1}; pass --overwrite to start "
+                                     "over")
                 sentence = line.strip()
                 key = sentence if use_sentence_keys else str(index)
                 try:
                     out.create_dataset(key, shape, dtype="float32", data=data.reshape(shape))
                 except ValueError as error:
-                    raise EmbedError(f"{input_file}: line {index} cannot be stored under the key {key!r} ({error})"
+                    raise EmbedError(f"{input_file}: line {index + 1} cannot be stored under the key {key!r} ({error})"
                                      ) from None
                 if not forget_sentences and not use_sentence_keys:
                     sentence_to_index[sentence] = key
@@ -435,5 +454,35 @@ def _assemble(
         raise
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EmbedError", "EmbedSummary", "OUTPUT_FORMATS", "embed_file", "split_line",
-           "work_dir_for"]
+@torch.no_grad()
+def dump_token_embeddings(
+    model: "ElmoModel", words: list[str], output_file: str | os.PathLike, batch_size: int = 4096
+) -> Path:
+    """
+    Write bilm-tf's `dump_token_embeddings` file: dataset `embedding`, float32 `(len(words), projection_dim)`,
+    the context-free token vector of each word in order (`<S>` / `</S>` are the sentence-boundary tokens).
+    """
+    import h5py
+    from tqdm.auto import tqdm
+
+    output_file = Path(output_file)
+    c = model.config.max_characters_per_token
+    device = model.device
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
+    os.close(fd)
+    try:
+        with h5py.File(tmp_name, "w") as hdf5:
+            dataset = hdf5.create_dataset("embedding", (len(words), model.config.projection_dim), dtype="float32")
+            for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
+                chunk = words[start : start + batch_size]
+                ids = torch.tensor([word_to_char_ids(w, c) for w in chunk], dtype=torch.long, device=device)
+                dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
+        os.replace(tmp_name, output_file)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return output_file
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "EmbedError", "EmbedSummary", "OUTPUT_FORMATS", "dump_token_embeddings",
+           "embed_file", "split_line", "work_dir_for"]
