@@ -197,11 +197,13 @@ def test_elmo_pipeline_pre_split_words(converted_fixture, fixture_model, elmo_to
     np.testing.assert_allclose(from_tuple.numpy(), from_lists[0].numpy(), atol=1e-6, rtol=0)
 
 
-def test_elmo_pipeline_device(converted_fixture, fixture_model, elmo_tokenizer):
+def test_elmo_pipeline_device(converted_fixture):
     pipe = pipeline("elmo-feature-extraction", model=str(converted_fixture), device="cpu")
     assert pipe.device == torch.device("cpu") and pipe.model.device == torch.device("cpu")
-    if not torch.cuda.is_available():
-        return
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_elmo_pipeline_on_gpu(converted_fixture, fixture_model, elmo_tokenizer):
     gpu = pipeline("elmo-feature-extraction", model=str(converted_fixture), device=0)
     assert gpu.model.device == torch.device("cuda", 0)
     got = gpu(TEXTS, batch_size=2, return_tensors=True)
