@@ -50,6 +50,7 @@ import torch
 
 from .datasets_job import model_fingerprint
 from ..tokenization_elmo import ElmoTokenizer
+from .model_tokenizer import default_tokenizer
 
 if TYPE_CHECKING:
     from ..modeling_elmo import ElmoModel
@@ -342,7 +343,7 @@ def _embed_lines(
     """Embed the lines after `manifest["lines_done"]`, committing the manifest after every batch."""
     from tqdm.auto import tqdm
 
-    tokenizer = ElmoTokenizer(max_characters_per_token=model.config.max_characters_per_token)
+    tokenizer = default_tokenizer(model)
     blank = 0
     start = manifest["lines_done"]
     last_sync = time.monotonic()
