@@ -274,3 +274,58 @@ def test_pre_split_only_languages_refuse_raw_text(tmp_path):
     with pytest.raises(ValueError, match="no word segmenter for raw text.*is_split_into_words=True"):
         tokenizer("日本語の文")
     assert "language: ja" in (out / "README.md").read_text(encoding="utf-8")
+
+
+HUB_LOAD_SCRIPT = r"""
+import json, sys
+import numpy as np, torch
+import hf_elmo
+from transformers import AutoModel, AutoTokenizer
+repo, sentences, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+tokenizer = AutoTokenizer.from_pretrained(repo)
+model = AutoModel.from_pretrained(repo).eval()
+assert type(tokenizer).__name__ == "ElmoManyLangsTokenizer", type(tokenizer)
+enc = tokenizer(sentences, is_split_into_words=True, padding=True, return_tensors="pt")
+with torch.inference_mode():
+    np.save(out, torch.stack(model(**enc, output_hidden_states=True).hidden_states).numpy())
+"""
+
+
+def test_convert_push_to_hub_and_load_back(tmp_path):
+    """`hf-elmo convert --elmoformanylangs ... --push-to-hub` against a local Hub, then the repo by id."""
+    from hub_server import FakeHub
+
+    sentences, expected = reference("reference_outputs.npz")
+    with FakeHub() as hub:
+        env = {**os.environ, **hub.env(token="hf_token_zh"), "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_DISABLE_XET": "1", "OMP_NUM_THREADS": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        out = tmp_path / "elmo-zh"
+        push = subprocess.run([sys.executable, "-m", "hf_elmo.cli", "convert", "--elmoformanylangs", str(MODEL_DIR),
+                               "--language", "zh", "--output-dir", str(out), "--push-to-hub", "efml/elmo-zh-tiny"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert push.returncode == 0, push.stderr[-3000:]
+        remote = hub.repos["efml/elmo-zh-tiny"].files("main")
+        assert {"char_vocab.json", "word_vocab.json", "tokenization_elmo.py"} <= remote.keys()
+        load = subprocess.run([sys.executable, "-c", HUB_LOAD_SCRIPT, "efml/elmo-zh-tiny", json.dumps(sentences),
+                               str(tmp_path / "hub.npy")], capture_output=True, text=True, env=env, timeout=300)
+        assert load.returncode == 0, load.stderr[-3000:]
+    layers = np.load(tmp_path / "hub.npy")
+    for i, words in enumerate(sentences):
+        np.testing.assert_allclose(layers[:, i, : len(words)], expected[f"Lm2_s{i}"], atol=ATOL)
+
+
+def test_dump_token_embeddings_uses_the_models_own_tables(converted, tmp_path):
+    sentences, expected = reference("reference_outputs.npz")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("neural\n<bos>\n", encoding="utf-8")
+    assert main(["dump-token-embeddings", str(converted), str(vocab), str(tmp_path / "tokens.hdf5")]) == 0
+    model = AutoModel.from_pretrained(converted).eval()
+    with torch.no_grad():
+        bilm = model.forward_bilm(**AutoTokenizer.from_pretrained(converted)([["neural"]], is_split_into_words=True,
+                                                                            return_tensors="pt"))
+    with h5py.File(tmp_path / "tokens.hdf5") as hdf5:
+        embedding = hdf5["embedding"][()]
+    assert sentences[5] == ["neural"]
+    np.testing.assert_allclose(embedding[0], expected["L0_s5"][0, :8], atol=ATOL)  # layer 0 = [token, token]
+    np.testing.assert_allclose(embedding[1], bilm.token_vectors[0, 0].numpy(), atol=ATOL)  # the model's <bos>
