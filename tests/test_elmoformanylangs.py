@@ -96,6 +96,10 @@ def test_input_ids_are_the_ids_the_original_feeds(converted):
         for row, position in ((0, 0), (1, -1)):  # <bos> and <eos>, which the model adds itself
             np.testing.assert_array_equal(model._boundary_char_ids[row], [*chars[position], word_ids[position]])
     assert batch["input_ids"].shape == (1, 9, 20 + 1)  # the word id is the last column
+    with pytest.raises(ValueError, match=r"input_ids must be a \(batch, words, 21\) tensor"):
+        model(input_ids=batch["input_ids"][..., :20])  # the character ids alone are not enough
+    with pytest.raises(ValueError, match="own character table"):
+        model.cache_words(["neural"])  # bilm-tf's byte table would give wrong vectors
 
 
 def test_stateful_mode_reproduces_the_originals_second_call(converted):
