@@ -4,7 +4,8 @@
     python conversion/convert_elmo_original_to_hf.py --options-file OPTIONS.json --weight-file WEIGHTS.hdf5 \
         --output-dir OUT [--vocab-file VOCAB.txt]
 
-The same as `hf-elmo convert`; the mapping itself lives in `hf_elmo.checkpoints.bilm_tf`.
+The same as `hf-elmo convert` (which also takes `--elmoformanylangs MODEL_DIR` instead of the two files, for
+HIT-SCIR's ELMoForManyLangs releases); the mappings live in `hf_elmo.checkpoints.bilm_tf` / `.elmoformanylangs`.
 """
 
 import argparse

@@ -17,15 +17,19 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
-from .tokenization_elmo import ElmoTokenizer
+from .tokenization_elmo import ElmoManyLangsTokenizer, ElmoTokenizer
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
 AutoModel.register(ElmoConfig, ElmoModel, exist_ok=True)
+# ELMoForManyLangs checkpoints name ElmoManyLangsTokenizer in tokenizer_config.json: registering it first records
+# the class name for AutoTokenizer; registering ElmoTokenizer after keeps it the default for ElmoConfig.
+AutoTokenizer.register(ElmoConfig, tokenizer_class=ElmoManyLangsTokenizer, exist_ok=True)
 AutoTokenizer.register(ElmoConfig, tokenizer_class=ElmoTokenizer, exist_ok=True)
 # Saved checkpoints carry their code (`auto_map`), so `trust_remote_code=True` loads them without this package.
 ElmoConfig.register_for_auto_class()
 ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
+ElmoManyLangsTokenizer.register_for_auto_class("AutoTokenizer")
 
 __version__ = "0.1.0"
 
@@ -82,3 +86,4 @@ else:
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
 __all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
+__all__ += ["ElmoManyLangsTokenizer"]

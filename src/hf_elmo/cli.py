@@ -20,8 +20,13 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `hf-elmo convert` and of conversion/convert_elmo_original_to_hf.py."""
     from .conversion import MODEL_CARDS
 
-    parser.add_argument("--options-file", required=True, help="options.json of the original model (path or URL)")
-    parser.add_argument("--weight-file", required=True, help="weights .hdf5 of the original model (path or URL)")
+    source = parser.add_mutually_exclusive_group(required=True)  # exactly one source
+    source.add_argument("--options-file", help="options.json of a bilm-tf model (path or URL; with --weight-file)")
+    source.add_argument("--elmoformanylangs", metavar="MODEL_DIR", type=Path,
+                        help="an ELMoForManyLangs (HIT-SCIR) release folder: config.json, char.dic, *.pkl, ...")
+    parser.add_argument("--weight-file", help="weights .hdf5 of the bilm-tf model (path or URL)")
+    parser.add_argument("--language", help="with --elmoformanylangs: the model's language (e.g. zh), when its "
+                                           "config.json does not name it")
     parser.add_argument("--output-dir", required=True, type=Path, help="checkpoint folder to write (replaced at the end)")
     parser.add_argument("--vocab-file", help="words whose token vectors are cached in the checkpoint (one a line)")
     parser.add_argument("--model-card", default="auto", choices=["auto", "generic", *MODEL_CARDS],
@@ -35,15 +40,30 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from .conversion import convert_original_checkpoint
+    from .conversion import convert_elmoformanylangs, convert_original_checkpoint
     from .jobs.core import quiet_weight_progress
 
-    card = None if args.model_card == "generic" else args.model_card
+    if args.elmoformanylangs is not None:
+        not_applicable = [flag for flag, value in (("--weight-file", args.weight_file), ("--vocab-file", args.vocab_file),
+                          ("--cache-dir", args.cache_dir)) if value is not None]
+        if args.model_card != "auto":
+            not_applicable.append("--model-card")
+        if not_applicable:
+            raise ValueError(f"not used with --elmoformanylangs: {', '.join(not_applicable)}")
+    else:
+        if args.weight_file is None:
+            raise ValueError("--options-file needs --weight-file")
+        if args.language is not None:
+            raise ValueError("--language applies to --elmoformanylangs only")
     with quiet_weight_progress():  # no "Writing model shards" bar for a one-second write
-        out = convert_original_checkpoint(
-            args.options_file, args.weight_file, args.output_dir, vocab_file=args.vocab_file, model_card=card,
-            cache_dir=args.cache_dir,
-        )
+        if args.elmoformanylangs is not None:
+            out = convert_elmoformanylangs(args.elmoformanylangs, args.output_dir, language=args.language)
+        else:
+            card = None if args.model_card == "generic" else args.model_card
+            out = convert_original_checkpoint(
+                args.options_file, args.weight_file, args.output_dir, vocab_file=args.vocab_file, model_card=card,
+                cache_dir=args.cache_dir,
+            )
     print(f"wrote {out}")
     if args.push_to_hub:
         from .hub import push_checkpoint_folder
@@ -67,9 +87,11 @@ def run_embed(args: argparse.Namespace) -> None:
     model = load_model(args.model, dtype=dtype, device=args.device)
     split_words = None
     if args.raw_text:
-        from .tokenization_elmo import ElmoTokenizer
+        from .tokenization_elmo import ElmoManyLangsTokenizer, ElmoTokenizer
 
-        split_words = ElmoTokenizer.from_pretrained(args.model).split_words
+        # ELMoForManyLangs checkpoints carry their own tokenizer (character table, word segmenter such as jieba).
+        own_table = getattr(model.config, "boundary_char_ids", None) is not None
+        split_words = (ElmoManyLangsTokenizer if own_table else ElmoTokenizer).from_pretrained(args.model).split_words
     summary = embed_file(
         model, args.input_file, args.output_file, output_format=args.output_format, batch_size=args.batch_size,
         use_sentence_keys=args.use_sentence_keys, forget_sentences=args.forget_sentences, split_words=split_words,
@@ -102,7 +124,8 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name datasets by sentence instead of line number")
     parser.add_argument("--forget-sentences", action="store_true", help="do not store sentence_to_index")
     parser.add_argument("--raw-text", action="store_true",
-                        help="lines are raw text: split them with the tokenizer's (Moses) word splitting")
+                        help="lines are raw text: split them with the tokenizer's word splitting (Moses; jieba for "
+                             "Chinese ELMoForManyLangs models)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over: discard an unfinished run and replace an existing output")
 
@@ -124,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-elmo", description="ELMo as a Hugging Face transformers model.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    convert = commands.add_parser("convert", help="convert an original options.json + weights.hdf5 to a checkpoint folder")
+    convert = commands.add_parser(
+        "convert", help="convert an original checkpoint (bilm-tf options.json + weights.hdf5, or an ELMoForManyLangs "
+        "folder) to a checkpoint folder")
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)
 

@@ -33,6 +33,15 @@ class ElmoConfig(PretrainedConfig):
         mix_dropout: Dropout on the ELMo vector in train mode (allennlp's `Elmo` uses 0.5).
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
+        word_vocab_size: Rows of a word embedding (ELMoForManyLangs), id 0 being "no word" (padding); 0 for none.
+        word_embedding_dim: Width of that word embedding; it is concatenated before the highway output and both
+            go through the projection (which then always exists). 0 for none, as in every bilm-tf model.
+        boundary_char_ids: The character ids of the sentence-boundary tokens `[<S>, </S>]` (each
+            `max_characters_per_token` ids) for models with their own character table; `None` = bilm-tf's.
+        boundary_word_ids: The word ids of `[<S>, </S>]` when there is a word embedding.
+
+    With a word embedding, `input_ids` carries `max_characters_per_token + 1` ids per word, the last one being the
+    word id (see `ElmoManyLangsTokenizer`); `ids_per_word` says how many.
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -58,6 +67,10 @@ class ElmoConfig(PretrainedConfig):
         do_layer_norm: bool = False,
         mix_dropout: float = 0.5,
         num_cached_words: int = 0,
+        word_vocab_size: int = 0,
+        word_embedding_dim: int = 0,
+        boundary_char_ids: list[list[int]] | None = None,
+        boundary_word_ids: list[int] | None = None,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -76,6 +89,10 @@ class ElmoConfig(PretrainedConfig):
         self.do_layer_norm = do_layer_norm
         self.mix_dropout = mix_dropout
         self.num_cached_words = num_cached_words
+        self.word_vocab_size = word_vocab_size
+        self.word_embedding_dim = word_embedding_dim
+        self.boundary_char_ids = [list(ids) for ids in boundary_char_ids] if boundary_char_ids is not None else None
+        self.boundary_word_ids = list(boundary_word_ids) if boundary_word_ids is not None else None
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)
@@ -100,11 +117,37 @@ class ElmoConfig(PretrainedConfig):
                 f"scalar_mix_parameters needs num_hidden_layers + 1 = {self.num_hidden_layers + 1} values, "
                 f"got {len(self.scalar_mix_parameters)}"
             )
+        self._validate_vocabularies()
+
+    def _validate_vocabularies(self) -> None:
+        """The word embedding and boundary ids of models with their own character table (ELMoForManyLangs)."""
+        if (self.word_vocab_size > 0) != (self.word_embedding_dim > 0) or min(self.word_vocab_size,
+                                                                               self.word_embedding_dim) < 0:
+            raise ValueError(f"word_vocab_size ({self.word_vocab_size}) and word_embedding_dim "
+                             f"({self.word_embedding_dim}) must both be positive (a word embedding) or both 0")
+        if self.boundary_char_ids is not None:
+            if len(self.boundary_char_ids) != 2 or any(
+                    len(ids) != self.max_characters_per_token or not all(0 < i < self.num_characters for i in ids)
+                    for ids in self.boundary_char_ids):
+                raise ValueError(f"boundary_char_ids must be 2 lists of {self.max_characters_per_token} character "
+                                 f"ids in [1, {self.num_characters})")
+        if self.word_embedding_dim and self.boundary_char_ids is None:
+            raise ValueError("a word embedding comes with the model's own character table: boundary_char_ids needed")
+        if (self.boundary_word_ids is not None) != (self.word_embedding_dim > 0):
+            raise ValueError("boundary_word_ids are needed exactly when there is a word embedding")
+        if self.boundary_word_ids is not None and (
+                len(self.boundary_word_ids) != 2 or not all(0 < i < self.word_vocab_size for i in self.boundary_word_ids)):
+            raise ValueError(f"boundary_word_ids must be 2 word ids in [1, {self.word_vocab_size})")
 
     @property
     def num_char_filters(self) -> int:
         """Total number of convolution filters: the width of the CNN output before the projection."""
         return sum(n for _, n in self.char_filters)
+
+    @property
+    def ids_per_word(self) -> int:
+        """Ids per word in `input_ids`: the character ids, plus the word id when there is a word embedding."""
+        return self.max_characters_per_token + (1 if self.word_embedding_dim else 0)
 
     @property
     def output_dim(self) -> int:

@@ -83,13 +83,21 @@ def convert_original_checkpoint(
     if words:
         model.cache_words(words)
     tokenizer = ElmoTokenizer(max_characters_per_token=config.max_characters_per_token)
+    text = model_card_text(config, str(options_file), options, model_card)
+    return write_checkpoint_folder(output_dir, model, tokenizer, text)
 
+
+
+def write_checkpoint_folder(output_dir: Path, model: ElmoModel, tokenizer: ElmoTokenizer, model_card: str) -> Path:
+    """
+    Write model, tokenizer (both with their remote code) and `README.md` into a temporary folder next to
+    `output_dir`, then put it in place of `output_dir`: a failure leaves any old `output_dir` as it was.
+    """
     staging = _make_staging_folder(output_dir)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        text = model_card_text(config, str(options_file), options, model_card)
-        (staging / "README.md").write_text(text, encoding="utf-8")
+        (staging / "README.md").write_text(model_card, encoding="utf-8")
         _apply_default_permissions(staging)
         _replace_directory(staging, output_dir)
     except OSError as error:
@@ -171,4 +179,62 @@ def _replace_directory(new: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-__all__ = ["MODEL_CARDS", "convert_original_checkpoint"]
+# ------------------------------------------------------------------------------------------ ELMoForManyLangs
+def convert_elmoformanylangs(
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, language: str | None = None
+) -> Path:
+    """
+    Convert an ELMoForManyLangs (HIT-SCIR) release folder (`config.json`, the network `.json`, `char.dic`,
+    `word.dic`, `token_embedder.pkl`, `encoder.pkl`) into a checkpoint folder: `model.safetensors`, `config.json`,
+    the tokenizer with the model's character table (`char_vocab.json`, `word_vocab.json`), a model card for its
+    language, and the remote code. Written atomically, as `convert_original_checkpoint`.
+
+    Args:
+        language: The model's language (a key of `checkpoints.elmoformanylangs.LANGUAGES`, e.g. `"zh"`), needed
+            when the folder's `config.json` does not name it; refused if it names another one.
+    """
+    from .checkpoints import elmoformanylangs as efml
+    from .tokenization_elmo import ElmoManyLangsTokenizer
+
+    release = efml.read_release(model_dir)
+    lang = efml.resolve_language(release, language)
+    config = efml.config_from_release(release)
+    model = ElmoModel(config)
+    missing, unexpected = model.load_state_dict(efml.state_dict_from_release(release, config), strict=False)
+    missing = [k for k in missing if not k.startswith("char_encoder.cached_")]
+    if missing or unexpected:  # a bug in the weight mapping, not in the user's files
+        raise RuntimeError(f"weight mapping mismatch: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    with tempfile.TemporaryDirectory() as tables:
+        files = {}
+        for key, table in (("char_vocab_file", release.char_table), ("word_vocab_file", release.word_table)):
+            if table is not None:
+                files[key] = Path(tables) / ElmoManyLangsTokenizer.vocab_files_names[key]
+                files[key].write_text(json.dumps(efml.shifted_table(table), ensure_ascii=False), encoding="utf-8")
+        tokenizer = ElmoManyLangsTokenizer(**files, max_characters_per_token=config.max_characters_per_token,
+                                           word_segmenter=lang.word_segmenter, language=lang.iso)
+    return write_checkpoint_folder(Path(output_dir), model, tokenizer, elmoformanylangs_model_card(config, lang))
+
+
+def elmoformanylangs_model_card(config: ElmoConfig, lang) -> str:
+    """The README.md of a converted ELMoForManyLangs model: its language, training data, citation and license."""
+    from string import Template
+
+    segmenter = {
+        "jieba": "jieba (install the optional extra: `pip install 'hf-elmo[zh]'`)",
+        "moses": f"the Moses tokenizer (sacremoses, `{lang.iso}` rules), an approximation of the UDPipe "
+                 "tokenization the model was trained on",
+        None: "none: pass pre-split words (`is_split_into_words=True`)",
+    }[lang.word_segmenter]
+    source = (f"[NLPL repository, model {lang.nlpl_id}](http://vectors.nlpl.eu/repository/11/{lang.nlpl_id}.zip)"
+              if lang.nlpl_id is not None else "the simplified-Chinese model linked from the ELMoForManyLangs README")
+    template = resources.files("hf_elmo.model_cards").joinpath("elmoformanylangs.md").read_text(encoding="utf-8")
+    return Template(template).substitute(
+        iso=lang.iso, name=lang.name, source=source, training_data=lang.training_data, segmenter=segmenter,
+        word_dim=config.word_embedding_dim, char_dim=config.char_embedding_dim,
+        n_filters=config.num_char_filters, lstm_dim=config.lstm_dim, projection_dim=config.projection_dim,
+        n_layers=config.num_hidden_layers, output_dim=config.output_dim,
+    )
+
+
+__all__ = ["MODEL_CARDS", "convert_elmoformanylangs", "convert_original_checkpoint", "write_checkpoint_folder"]

@@ -91,6 +91,9 @@ class ElmoCharacterEncoder(nn.Module):
     activation, highway layers and a projection to `projection_dim`.
 
     Words whose vectors are cached in the checkpoint (`num_cached_words`) are looked up instead of recomputed.
+
+    ELMoForManyLangs models (`word_embedding_dim > 0`) also embed the word id (the last of each word's
+    `ids_per_word` ids) and concatenate that vector before the highway output, ahead of the projection.
     """
 
     def __init__(self, config: ElmoConfig):
@@ -101,10 +104,14 @@ class ElmoCharacterEncoder(nn.Module):
             nn.Conv1d(config.char_embedding_dim, n_filters, width) for width, n_filters in config.char_filters
         )
         self.highways = nn.ModuleList(ElmoHighway(config.num_char_filters) for _ in range(config.num_highway_layers))
+        self.word_embedding = (
+            nn.Embedding(config.word_vocab_size, config.word_embedding_dim, padding_idx=0)
+            if config.word_embedding_dim else None
+        )
         # bilm-tf has no projection when the filters already add up to projection_dim.
         self.projection = (
-            nn.Linear(config.num_char_filters, config.projection_dim)
-            if config.num_char_filters != config.projection_dim
+            nn.Linear(config.num_char_filters + config.word_embedding_dim, config.projection_dim)
+            if config.num_char_filters != config.projection_dim or self.word_embedding is not None
             else None
         )
         self.activation = torch.tanh if config.char_activation == "tanh" else F.relu
@@ -119,16 +126,18 @@ class ElmoCharacterEncoder(nn.Module):
 
     def compute(self, char_ids: torch.Tensor) -> torch.Tensor:
         """
-        Run the CNN on every row: `(N, C)` int64 -> `(N, P)`.
+        Run the CNN on every row: `(N, ids_per_word)` int64 -> `(N, P)` (the columns past C are the word id).
 
         A word's characters end in a run of one repeated id (the padding), and every convolution window inside
         that run gives the same value, so one such window stands for all of them: rows are sorted by where their
         run starts and each chunk is cut to `min(C, longest + widest filter)` positions. The max over positions is
         unchanged; the CNN's cost drops with the words' real length instead of `C`.
         """
-        n_words, width = char_ids.shape
+        n_words = char_ids.shape[0]
+        width = self.config.max_characters_per_token
         if n_words == 0:
             return self.char_embedding.weight.new_zeros(0, self.config.projection_dim)
+        char_ids, word_ids = char_ids[:, :width], char_ids[:, width:]
         widest = max(conv.kernel_size[0] for conv in self.convolutions)
         positions = torch.arange(1, width + 1, device=char_ids.device)
         used = ((char_ids != char_ids[:, -1:]) * positions).amax(dim=1)  # positions before the final run
@@ -137,13 +146,14 @@ class ElmoCharacterEncoder(nn.Module):
         chunk = self.runtime_options.cnn_chunk_words
         for chunk_used, chunk_order in zip(used.split(chunk), order.split(chunk)):
             keep = min(width, int(chunk_used[-1]) + widest)
-            vectors = self._compute_chunk(char_ids[chunk_order, :keep])
+            vectors = self._compute_chunk(char_ids[chunk_order, :keep], word_ids[chunk_order])
             if out is None:
                 out = vectors.new_empty(n_words, vectors.shape[-1])
             out[chunk_order] = vectors
         return out
 
-    def _compute_chunk(self, char_ids: torch.Tensor) -> torch.Tensor:
+    def _compute_chunk(self, char_ids: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        """`(N, <= C)` character ids and `(N, 0 or 1)` word ids -> `(N, P)`."""
         embedded = self.char_embedding(char_ids).transpose(1, 2)  # (N, char_dim, C)
         # Max over positions before the activation, as bilm-tf does (both activations are monotonic anyway).
         pooled = [conv(embedded).amax(dim=-1) for conv in self.convolutions]
@@ -151,6 +161,8 @@ class ElmoCharacterEncoder(nn.Module):
         use_onednn = self.runtime_options.use_onednn
         for highway in self.highways:
             x = highway(x, use_onednn)
+        if self.word_embedding is not None:
+            x = torch.cat([self.word_embedding(word_ids[:, 0]).to(x.dtype), x], dim=-1)
         if self.projection is None:
             return x
         return inference_linear(x, self.projection.weight, self.projection.bias, use_onednn)
@@ -416,15 +428,26 @@ class ElmoModel(ElmoPreTrainedModel):
         self.scalar_mix = ElmoScalarMix(config)
         self.dropout = nn.Dropout(config.mix_dropout)
         # Plain data, not a buffer: from_pretrained materialises models on the meta device, losing such buffers.
-        self._boundary_char_ids = [word_to_char_ids(w, config.max_characters_per_token) for w in (BOS_WORD, EOS_WORD)]
+        self._boundary_char_ids = self._boundary_input_ids(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.char_encoder.char_embedding
 
+    @staticmethod
+    def _boundary_input_ids(config: ElmoConfig) -> list[list[int]]:
+        """The `input_ids` rows (`ids_per_word` ids) of `<S>` and `</S>`: bilm-tf's, or the model's own."""
+        if config.boundary_char_ids is None:
+            return [list(word_to_char_ids(w, config.max_characters_per_token)) for w in (BOS_WORD, EOS_WORD)]
+        word_ids = [[i] for i in config.boundary_word_ids] if config.boundary_word_ids is not None else [[], []]
+        return [list(chars) + word for chars, word in zip(config.boundary_char_ids, word_ids)]
+
     @torch.no_grad()
     def cache_words(self, words: list[str]) -> None:
         """Store the token vectors of `words` in the checkpoint so they skip the character CNN (`vocab_to_cache`)."""
+        if self.config.boundary_char_ids is not None:
+            raise ValueError("cache_words encodes words with bilm-tf's byte table; this model has its own character "
+                             "table (ELMoForManyLangs)")
         c = self.config.max_characters_per_token
         char_ids = torch.tensor([word_to_char_ids(w, c) for w in words], dtype=torch.long).view(-1, c)
         device = self.char_encoder.char_embedding.weight.device
@@ -491,7 +514,8 @@ class ElmoModel(ElmoPreTrainedModel):
     ) -> ElmoModelOutput | tuple:
         r"""
         Args:
-            input_ids: `(B, W, C)` int64 character ids from [`ElmoTokenizer`]; a padding word is all zeros.
+            input_ids: `(B, W, C)` int64 character ids from [`ElmoTokenizer`]; a padding word is all zeros. Models
+                with a word embedding take `(B, W, C + 1)`, the word id last (`ElmoManyLangsTokenizer`).
             attention_mask: `(B, W)`, 1 for words and 0 for padding (right padding), or booleans. Derived from
                 `input_ids` if omitted.
             state: `(h, c)` from a previous call's `output.state`, with one row per row of this batch: row i
@@ -527,18 +551,23 @@ class ElmoModel(ElmoPreTrainedModel):
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate `(B, W, C)` ids and a right-padded mask; return long ids and a bool `(B, W)` mask."""
-        c = self.config.max_characters_per_token
+        c = self.config.ids_per_word
         if input_ids is None:
             raise ValueError("input_ids is required")
+        what = "character ids" if c == self.config.max_characters_per_token else "character ids and a last word id"
         if not torch.is_tensor(input_ids) or input_ids.dim() != 3 or input_ids.shape[-1] != c:
             shape = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a (batch, words, {c}) tensor of character ids, got {shape}")
+            raise ValueError(f"input_ids must be a (batch, words, {c}) tensor of {what}, got {shape}")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must hold integer character ids, got dtype {input_ids.dtype}")
+            raise ValueError(f"input_ids must hold integer {what}, got dtype {input_ids.dtype}")
         input_ids = input_ids.to(device=self.device, dtype=torch.long)
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.num_characters):
-            raise ValueError(f"input_ids must be character ids in [0, {self.config.num_characters}), got values "
-                             f"in [{int(input_ids.min())}, {int(input_ids.max())}]")
+        columns = [("character ids", input_ids[..., : self.config.max_characters_per_token], self.config.num_characters)]
+        if self.config.word_embedding_dim:
+            columns.append(("word ids (last column)", input_ids[..., -1], self.config.word_vocab_size))
+        for name, ids, size in columns:
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
+                raise ValueError(f"input_ids must hold {name} in [0, {size}), got values "
+                                 f"in [{int(ids.min())}, {int(ids.max())}]")
         if attention_mask is None:
             mask = (input_ids != 0).any(dim=-1)
         else:

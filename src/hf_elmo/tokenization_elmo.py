@@ -201,6 +201,15 @@ class ElmoTokenizer(PreTrainedTokenizer):
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         return ()  # nothing to save: the character ids are fixed
 
+    @property
+    def ids_per_word(self) -> int:
+        """Width of each word's row of `input_ids` (`max_characters_per_token` here)."""
+        return self.max_characters_per_token
+
+    def _ids_to_word(self, ids: Sequence[int]) -> str | None:
+        """The word of one row of `input_ids`; `None` for a padding word."""
+        return char_ids_to_word(ids)
+
     # ----------------------------------------------------------------------------------------------- words
     def split_words(self, text: str) -> list[str]:
         """Split raw text into words with the Moses tokenizer (`wasn't` -> `wasn 't`, `U.S.` kept)."""
@@ -275,7 +284,7 @@ class ElmoTokenizer(PreTrainedTokenizer):
 
         # Built as numpy arrays so that empty sentences and batches keep their trailing dimensions.
         batch = len(rows_words)
-        input_ids = np.zeros((batch, target, self.max_characters_per_token), dtype=np.int64)
+        input_ids = np.zeros((batch, target, self.ids_per_word), dtype=np.int64)
         attention_mask = np.zeros((batch, target), dtype=np.int64)
         offset_mapping = np.zeros((batch, target, 2), dtype=np.int64)
         for row, (words, offsets) in enumerate(zip(rows_words, rows_offsets)):
@@ -354,7 +363,7 @@ class ElmoTokenizer(PreTrainedTokenizer):
             rows = [np.asarray(e["input_ids"], dtype=np.int64) for e in encoded_inputs]
         else:
             rows = [np.asarray(r, dtype=np.int64) for r in encoded_inputs["input_ids"]]
-        c = self.max_characters_per_token
+        c = self.ids_per_word
         for i, row in enumerate(rows):
             if row.size == 0:
                 rows[i] = row.reshape(0, c)
@@ -372,16 +381,16 @@ class ElmoTokenizer(PreTrainedTokenizer):
         data: dict[str, Any] = {"input_ids": input_ids}
         if return_attention_mask is not False:
             data["attention_mask"] = (input_ids != 0).any(axis=2).astype(np.int64)
-        words = [[char_ids_to_word(ids) or "" for ids in row[:n]] for row, n in zip(rows, lengths)]
+        words = [[self._ids_to_word(ids) or "" for ids in row[:n]] for row, n in zip(rows, lengths)]
         return ElmoBatchEncoding(data, words, [target] * len(rows), True, tensor_type=return_tensors)
 
     # -------------------------------------------------------------------------------------------- decoding
     def _words_of_ids(self, ids: Any) -> tuple[list[str | None], bool]:
         """
-        The words of `(words, C)` character ids, or of one `(C,)` word (tensor, array or nested lists), `None`
-        for padding words; and whether a single word was given.
+        The words of `(words, C)` ids, or of one `(C,)` word (tensor, array or nested lists), `None` for padding
+        words; and whether a single word was given. `C` is `ids_per_word`.
         """
-        c = self.max_characters_per_token
+        c = self.ids_per_word
         expected = f"character ids of shape (words, {c}) or ({c},)"
         try:
             array = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids, dtype=np.int64)
@@ -392,7 +401,7 @@ class ElmoTokenizer(PreTrainedTokenizer):
         if array.ndim not in (1, 2) or array.shape[-1] != c:
             raise ValueError(f"expected {expected}, got shape {array.shape}")
         single = array.ndim == 1
-        return [char_ids_to_word(row) for row in array.reshape(-1, c).tolist()], single
+        return [self._ids_to_word(row) for row in array.reshape(-1, c).tolist()], single
 
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> str | list[str]:
         """
@@ -410,8 +419,8 @@ class ElmoTokenizer(PreTrainedTokenizer):
         return [w if w is not None else PAD_TOKEN for w in words]
 
     def decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
-        """The words of one sentence's `(words, max_characters_per_token)` character ids, or of one `(C,)` word,
-        joined by spaces; padding words are dropped."""
+        """The words of one sentence's `(words, ids_per_word)` ids, or of one `(ids_per_word,)` word, joined by
+        spaces; padding words are dropped."""
         words, _ = self._words_of_ids(token_ids)
         keep = [w for w in words if w is not None and not (skip_special_tokens and w in (BOS_WORD, EOS_WORD))]
         return " ".join(keep)
@@ -423,4 +432,153 @@ class ElmoTokenizer(PreTrainedTokenizer):
         return " ".join(tokens)
 
 
-__all__ = ["ElmoTokenizer"]
+# ------------------------------------------------------------------------------------------ ELMoForManyLangs
+MANY_LANGS_BOUNDARY_WORDS = ("<bos>", "<eos>")
+MANY_LANGS_SPECIAL_CHARS = ("<bow>", "<eow>", "<oov>", "<pad>", *MANY_LANGS_BOUNDARY_WORDS)
+WORD_SEGMENTERS = ("moses", "jieba")
+
+
+class ElmoManyLangsTokenizer(ElmoTokenizer):
+    r"""
+    The tokenizer of ELMoForManyLangs (HIT-SCIR) models: each model has its own Unicode character table and,
+    with a word embedding, a word vocabulary, saved with the checkpoint as `char_vocab.json` / `word_vocab.json`
+    (token -> id, ids already shifted by +1 from the original `char.dic` / `word.dic` so that 0 means "nothing":
+    a padding word is all zeros, as for every ELMo here).
+
+    A word becomes `max_characters_per_token` character ids, as the original computes them: the word (Python
+    characters, not bytes) cut to `max_characters_per_token - 2` characters, unknown characters -> `<oov>`,
+    between the ids of the `<eow>` entry (first) and the `<bow>` entry (last) - the original swaps the two, in
+    training and inference alike - and padded with the trained `<pad>` character, not zeros. `<bos>` / `<eos>`
+    are real tokens with their own character and word ids (the model adds them around each sentence).
+
+    With a word vocabulary (`word_dim > 0`), the word id (of the cut word; unknown -> `<oov>`) is carried as
+    ONE EXTRA LAST COLUMN of `input_ids`, which is then `(batch, words, max_characters_per_token + 1)`. A column
+    rather than a third tensor because every consumer (pipelines, `embed_dataset`, `hf-elmo embed`, a
+    `DataCollatorWithPadding`) passes exactly `input_ids` and `attention_mask` to the model: the word id
+    travels, pads and moves between devices with the characters, and a padding word stays all zeros.
+
+    Raw text is split into words by `word_segmenter`: `"moses"` (sacremoses, for languages written with spaces;
+    the models were trained on UDPipe-tokenized text, which Moses approximates), `"jieba"` (Chinese; the optional
+    extra `hf-elmo[zh]`), or `None` (pre-split input only: pass `is_split_into_words=True`).
+
+    Args:
+        char_vocab_file: `char_vocab.json`, the character table.
+        word_vocab_file: `word_vocab.json`, the word vocabulary; `None` for models without a word embedding.
+        max_characters_per_token: Character slots per word, markers included.
+        word_segmenter: `"moses"`, `"jieba"` or `None`, see above.
+        language: ISO 639 code of the model's language (also the Moses rules' language).
+    """
+
+    vocab_files_names = {"char_vocab_file": "char_vocab.json", "word_vocab_file": "word_vocab.json"}
+
+    def __init__(
+        self,
+        char_vocab_file: str | None = None,
+        word_vocab_file: str | None = None,
+        max_characters_per_token: int = 50,
+        word_segmenter: str | None = "moses",
+        language: str = "en",
+        **kwargs,
+    ):
+        import json
+
+        if char_vocab_file is None:
+            raise ValueError("ElmoManyLangsTokenizer needs its character table (char_vocab.json)")
+        if word_segmenter is not None and word_segmenter not in WORD_SEGMENTERS:
+            raise ValueError(f"word_segmenter must be one of {WORD_SEGMENTERS} or None, got {word_segmenter!r}")
+        with open(char_vocab_file, encoding="utf-8") as f:
+            self.char_vocab: dict[str, int] = json.load(f)
+        self.word_vocab: dict[str, int] | None = None
+        if word_vocab_file is not None:
+            with open(word_vocab_file, encoding="utf-8") as f:
+                self.word_vocab = json.load(f)
+        missing = [t for t in MANY_LANGS_SPECIAL_CHARS if t not in self.char_vocab]
+        if missing:
+            raise ValueError(f"{char_vocab_file}: the character table lacks {missing}")
+        if self.word_vocab is not None:
+            missing = [t for t in ("<oov>", *MANY_LANGS_BOUNDARY_WORDS) if t not in self.word_vocab]
+            if missing:
+                raise ValueError(f"{word_vocab_file}: the word vocabulary lacks {missing}")
+        self.word_segmenter = word_segmenter
+        self.language = language
+        self._id_to_char = {i: ch for ch, i in self.char_vocab.items() if ch not in MANY_LANGS_SPECIAL_CHARS}
+        self._segmenter = None
+        kwargs.setdefault("bos_token", MANY_LANGS_BOUNDARY_WORDS[0])
+        kwargs.setdefault("eos_token", MANY_LANGS_BOUNDARY_WORDS[1])
+        kwargs.setdefault("moses_language", language)
+        super().__init__(max_characters_per_token=max_characters_per_token, word_segmenter=word_segmenter,
+                         language=language, **kwargs)
+
+    @property
+    def ids_per_word(self) -> int:
+        """`max_characters_per_token`, plus one for the word id when the model has a word embedding."""
+        return self.max_characters_per_token + (self.word_vocab is not None)
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self.char_vocab.values()) + 1
+
+    def get_vocab(self) -> dict[str, int]:
+        return {PAD_TOKEN: 0, **{w: self.char_vocab[w] for w in MANY_LANGS_BOUNDARY_WORDS}}
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        import json
+        import os
+
+        saved = []
+        for key, vocab in (("char_vocab_file", self.char_vocab), ("word_vocab_file", self.word_vocab)):
+            if vocab is None:
+                continue
+            name = (filename_prefix + "-" if filename_prefix else "") + self.vocab_files_names[key]
+            path = os.path.join(save_directory, name)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(vocab, f, ensure_ascii=False, indent=0)
+            saved.append(path)
+        return tuple(saved)
+
+    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
+        """`(len(words), ids_per_word)` ids of already split words (see the class docstring)."""
+        return [self._word_ids(w) for w in words]
+
+    def _word_ids(self, word: str) -> list[int]:
+        c, table = self.max_characters_per_token, self.char_vocab
+        if word in MANY_LANGS_BOUNDARY_WORDS:
+            form, body = word, [table[word]]
+        else:
+            form = word[: c - 2]
+            body = [table.get(ch, table["<oov>"]) for ch in form]
+        # The original starts every word with the id of its "<eow>" entry and ends it with that of "<bow>".
+        ids = [table["<eow>"], *body, table["<bow>"]]
+        ids += [table["<pad>"]] * (c - len(ids))
+        if self.word_vocab is not None:
+            ids.append(self.word_vocab.get(form, self.word_vocab["<oov>"]))
+        return ids
+
+    def _ids_to_word(self, ids: Sequence[int]) -> str | None:
+        chars = [int(i) for i in ids[: self.max_characters_per_token]]
+        if not any(chars):
+            return None
+        for word in MANY_LANGS_BOUNDARY_WORDS:
+            if chars[1] == self.char_vocab[word]:
+                return word
+        end = self.char_vocab["<bow>"]
+        body = chars[1: chars.index(end, 1)] if end in chars[1:] else chars[1:]
+        return "".join(self._id_to_char.get(i, "") for i in body)
+
+    def _split_with_offsets(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        if self.word_segmenter == "moses":
+            return super()._split_with_offsets(text)
+        if self.word_segmenter is None:
+            raise ValueError(f"this {self.language!r} model has no word segmenter for raw text: split the text into "
+                             "words first and pass is_split_into_words=True")
+        if self._segmenter is None:
+            try:
+                import jieba
+            except ImportError:
+                raise ImportError("Chinese raw text is segmented with jieba: pip install 'hf-elmo[zh]' (or pass "
+                                  "pre-split words with is_split_into_words=True)") from None
+            self._segmenter = jieba.Tokenizer()
+        return [(word, (start, end)) for word, start, end in self._segmenter.tokenize(text) if word.strip()]
+
+
+__all__ = ["ElmoManyLangsTokenizer", "ElmoTokenizer"]

@@ -206,6 +206,24 @@ def embed_word_lists(
     return results  # type: ignore[return-value]
 
 
+def default_tokenizer(model: "ElmoModel") -> "ElmoTokenizer":
+    """
+    bilm-tf's fixed byte table for models without their own character table; for ELMoForManyLangs models
+    (`config.boundary_char_ids` set), the tokenizer saved with the checkpoint the model was loaded from, since
+    their character table and word vocabulary live there.
+    """
+    from ..tokenization_elmo import ElmoManyLangsTokenizer, ElmoTokenizer
+
+    config = model.config
+    if getattr(config, "boundary_char_ids", None) is None:
+        return ElmoTokenizer(max_characters_per_token=config.max_characters_per_token)
+    source = getattr(model, "name_or_path", "")
+    if not source:
+        raise ValueError("this model has its own character table (ELMoForManyLangs) and was not loaded from a "
+                         "checkpoint folder: pass its tokenizer (AutoTokenizer.from_pretrained(folder))")
+    return ElmoManyLangsTokenizer.from_pretrained(source)
+
+
 # --------------------------------------------------------------------------------------------------- fingerprint
 def architecture(config: Any) -> dict[str, Any]:
     """
@@ -232,5 +250,5 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 __all__ = [
     "POOLINGS", "REPRESENTATIONS", "Pooling", "Representation", "architecture",
     "check_representation", "embed_word_lists", "load_model", "masked_mean", "model_fingerprint",
-    "quiet_weight_progress", "read_vocab_file", "select_representation",
+    "default_tokenizer", "quiet_weight_progress", "read_vocab_file", "select_representation",
 ]

@@ -59,7 +59,9 @@ import numpy as np
 import torch
 
 from ..tokenization_elmo import ElmoTokenizer
-from .core import Pooling, Representation, check_representation, embed_word_lists, load_model, model_fingerprint
+from .core import (
+    Pooling, Representation, check_representation, default_tokenizer, embed_word_lists, load_model, model_fingerprint,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -259,7 +261,8 @@ def embed_dataset(
             in this process, the model's own device (a path or id is loaded on GPU 0 if available).
         dtype: Load a model given as a path / id in this dtype (e.g. `torch.bfloat16` on GPUs); vectors are
             stored as float32 whatever the dtype.
-        tokenizer: An `ElmoTokenizer` (default: one matching the model's `max_characters_per_token`).
+        tokenizer: An `ElmoTokenizer` (default: one matching the model's `max_characters_per_token`; for
+            ELMoForManyLangs models, the tokenizer saved with the checkpoint).
         load_from_cache_file, cache_file_name, desc: Passed to `Dataset.map`.
 
     Returns:
@@ -315,7 +318,7 @@ def embed_dataset(
             raise ValueError("dtype applies to a model given as a path or Hub id; convert a loaded model yourself")
     loaded.eval()
     if tokenizer is None:
-        tokenizer = ElmoTokenizer(max_characters_per_token=loaded.config.max_characters_per_token)
+        tokenizer = default_tokenizer(loaded)
     elif tokenizer.max_characters_per_token != loaded.config.max_characters_per_token:
         raise ValueError(f"tokenizer.max_characters_per_token ({tokenizer.max_characters_per_token}) differs from "
                          f"the model's ({loaded.config.max_characters_per_token})")

@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..tokenization_elmo import ElmoTokenizer, word_to_char_ids
-from .core import model_fingerprint
+from ..tokenization_elmo import ElmoTokenizer
+from .core import default_tokenizer, model_fingerprint
 
 if TYPE_CHECKING:
     from ..modeling_elmo import ElmoModel
@@ -359,7 +359,7 @@ def _embed_lines(
     """Embed the lines after `manifest["lines_done"]`, committing the manifest after every batch."""
     from tqdm.auto import tqdm
 
-    tokenizer = ElmoTokenizer(max_characters_per_token=model.config.max_characters_per_token)
+    tokenizer = default_tokenizer(model)
     blank = 0
     start = manifest["lines_done"]
     last_sync = time.monotonic()
@@ -460,13 +460,14 @@ def dump_token_embeddings(
 ) -> Path:
     """
     Write bilm-tf's `dump_token_embeddings` file: dataset `embedding`, float32 `(len(words), projection_dim)`,
-    the context-free token vector of each word in order (`<S>` / `</S>` are the sentence-boundary tokens).
+    the context-free token vector of each word in order (`<S>` / `</S>` are the sentence-boundary tokens; for
+    ELMoForManyLangs models, words are encoded with the checkpoint's own tables, boundaries `<bos>` / `<eos>`).
     """
     import h5py
     from tqdm.auto import tqdm
 
     output_file = Path(output_file)
-    c = model.config.max_characters_per_token
+    tokenizer = default_tokenizer(model)
     device = model.device
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
     os.close(fd)
@@ -475,7 +476,7 @@ def dump_token_embeddings(
             dataset = hdf5.create_dataset("embedding", (len(words), model.config.projection_dim), dtype="float32")
             for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
                 chunk = words[start : start + batch_size]
-                ids = torch.tensor([word_to_char_ids(w, c) for w in chunk], dtype=torch.long, device=device)
+                ids = torch.tensor(tokenizer.encode_words(chunk), dtype=torch.long, device=device)
                 dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
         os.replace(tmp_name, output_file)
     except BaseException:
