@@ -3,7 +3,13 @@
 Importing this package registers model type "elmo" with `AutoConfig`, `AutoTokenizer` and `AutoModel`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
@@ -20,7 +26,16 @@ ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
 _register_pipeline()  # the "elmo-feature-extraction" task
 
+# Task heads (ELMo inside a task model: biLM frozen by default, scalar mix and head trained).
+from .modeling_elmo import ElmoForSequenceClassification, ElmoForTokenClassification  # noqa: E402
+
+AutoModelForTokenClassification.register(ElmoConfig, ElmoForTokenClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(ElmoConfig, ElmoForSequenceClassification, exist_ok=True)
+ElmoForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+ElmoForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
 __version__ = "0.1.0"
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
 __all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
+__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]

@@ -33,6 +33,10 @@ class ElmoConfig(PretrainedConfig):
         mix_dropout: Dropout on the ELMo vector in train mode (allennlp's `Elmo` uses 0.5).
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
+        freeze_bilm: For the task heads (`ElmoForTokenClassification`, `ElmoForSequenceClassification`): keep the
+            biLM (character CNN and LSTMs) fixed and train only the scalar mix and the head, as allennlp uses ELMo
+            in a task model. `False` fine-tunes the biLM too. Stored with the checkpoint, so training resumed from
+            it makes the same choice; override with `from_pretrained(..., freeze_bilm=False)`.
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -58,6 +62,7 @@ class ElmoConfig(PretrainedConfig):
         do_layer_norm: bool = False,
         mix_dropout: float = 0.5,
         num_cached_words: int = 0,
+        freeze_bilm: bool = True,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -76,6 +81,7 @@ class ElmoConfig(PretrainedConfig):
         self.do_layer_norm = do_layer_norm
         self.mix_dropout = mix_dropout
         self.num_cached_words = num_cached_words
+        self.freeze_bilm = bool(freeze_bilm)
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)

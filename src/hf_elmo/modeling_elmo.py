@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_elmo import ElmoConfig
@@ -582,4 +583,144 @@ class ElmoModel(ElmoPreTrainedModel):
         return h.to(self.device), c.to(self.device)
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task heads: ELMo inside a task model, the biLM frozen by default (config.freeze_bilm) and the scalar mix trained.
+
+
+class ElmoTaskHeadModel(ElmoPreTrainedModel):
+    """
+    Base of the task heads: an `ElmoModel` at `self.elmo` (so a converted `ElmoModel` checkpoint loads into a
+    head, the head's weights newly initialised) whose biLM is frozen when `config.freeze_bilm` is true.
+    """
+
+    def __init__(self, config: ElmoConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.elmo = ElmoModel(config)
+
+    def apply_bilm_freezing(self) -> None:
+        """`requires_grad` of the character CNN and the LSTMs from `config.freeze_bilm`; the mix is untouched."""
+        trainable = not self.config.freeze_bilm
+        for module in (self.elmo.char_encoder, self.elmo.encoder):
+            module.requires_grad_(trainable)
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.apply_bilm_freezing()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `ElmoPreTrainedModel.from_pretrained`; the biLM frozen again after loading (loading re-creates the
+        parameters trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_bilm_freezing()
+        return loaded
+
+
+class ElmoForTokenClassification(ElmoTaskHeadModel):
+    """
+    A linear layer over each word's ELMo vector (the trained scalar mix of the biLM's layers, with dropout
+    `config.mix_dropout`): `config.num_labels` logits per word. Labels are word-aligned, -100 ignored.
+    """
+
+    def __init__(self, config: ElmoConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.output_dim, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        r"""
+        Args:
+            input_ids / attention_mask: as [`ElmoModel`], `(B, W, C)` / `(B, W)`.
+            labels: `(B, W)` int64 label of each word; -100 (padding, or words to skip) is ignored by the loss.
+        Returns:
+            `TokenClassifierOutput`: `logits` `(B, W, num_labels)`, `loss` (mean cross-entropy over labelled
+            words) when `labels` are given, `hidden_states` as `ElmoModel`'s with `output_hidden_states`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.elmo(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            loss = F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ElmoForSequenceClassification(ElmoTaskHeadModel):
+    """
+    A linear layer over the masked mean of a sentence's ELMo vectors. ELMo has no summary token, and its final
+    LSTM states summarise only the top layer while the trained mix weighs every layer; the mean of the mixed word
+    vectors (allennlp's "bag of embeddings" averaged encoder) keeps the mix meaningful. `problem_type` as BERT's:
+    "regression" (MSE), "single_label_classification" (cross-entropy), "multi_label_classification" (BCE with
+    logits), chosen from `num_labels` and the labels' dtype when unset.
+    """
+
+    def __init__(self, config: ElmoConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.output_dim, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            input_ids / attention_mask: as [`ElmoModel`], `(B, W, C)` / `(B, W)`.
+            labels: `(B,)` class ids, `(B,)` or `(B, num_labels)` floats for regression, or `(B, num_labels)`
+                0/1 floats for multi-label classification.
+        Returns:
+            `SequenceClassifierOutput`: `logits` `(B, num_labels)`, `loss` when `labels` are given,
+            `hidden_states` as `ElmoModel`'s with `output_hidden_states`. A sentence of no words pools to zeros.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.elmo(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        vectors = outputs.last_hidden_state  # zero at padding (dropout keeps zeros)
+        word_mask = self.elmo._check_inputs(input_ids, attention_mask)[1]
+        counts = word_mask.sum(dim=1, keepdim=True).clamp_min(1).to(vectors.dtype)
+        logits = self.classifier(vectors.sum(dim=1) / counts)
+        loss = None
+        if labels is not None:
+            loss = self._loss(logits, labels.to(logits.device))
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
 __all__ = ["ElmoBiLmOutput", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel"]
+__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]
