@@ -175,6 +175,24 @@ def test_elmo_higher_rank_inputs_and_dropout(cache_dir):
     assert 0.3 < zeros.float().sum() / (flat["mask"].sum() * 32) < 0.7  # allennlp's default dropout 0.5
 
 
+def test_vocab_to_cache_and_fine_tuning(cache_dir):
+    """Cached words give the same vectors; `requires_grad=True` trains the biLM (not the base model's own mix)."""
+    sentences = PLAN["elmo"][1]
+    plain = Elmo(OPTIONS, WEIGHTS, 1, dropout=0, stateful=False, cache_dir=cache_dir)
+    words = sorted({w for s in sentences for w in s})[:5]
+    cached = Elmo(OPTIONS, WEIGHTS, 1, dropout=0, vocab_to_cache=words, stateful=False, cache_dir=cache_dir)
+    assert cached._elmo_lstm.model.config.num_cached_words == 5
+    word_ids = torch.zeros(len(sentences), max(map(len, sentences)), dtype=torch.long)
+    ids = batch_to_ids(sentences)
+    assert torch.allclose(cached(ids, word_ids)["elmo_representations"][0], plain(ids)["elmo_representations"][0],
+                          atol=1e-6)
+    tuned = Elmo(OPTIONS, WEIGHTS, 1, requires_grad=True, stateful=False, cache_dir=cache_dir)
+    frozen = {n for n, p in tuned.named_parameters() if not p.requires_grad}
+    assert frozen == {"_elmo_lstm.model.scalar_mix.scalar_parameters", "_elmo_lstm.model.scalar_mix.gamma"}
+    tuned(ids)["elmo_representations"][0].sum().backward()
+    assert tuned._elmo_lstm.model.encoder.layers[0].input_weight.grad.abs().sum() > 0
+
+
 def test_batch_to_ids_matches_allennlp(references):
     assert torch.equal(batch_to_ids(PLAN["char_ids"]), torch.from_numpy(references["char_ids"]))
 

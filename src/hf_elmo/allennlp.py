@@ -171,6 +171,7 @@ class _ElmoBiLm(nn.Module):
         super().__init__()
         self.model = ElmoModel.from_pretrained(converted_checkpoint(options_file, weight_file, cache_dir))
         self.model.requires_grad_(requires_grad)
+        self.model.scalar_mix.requires_grad_(False)  # unused: `Elmo` mixes the activations with its own mixes
         if vocab_to_cache:
             self.model.cache_words(vocab_to_cache)
         self.stateful = stateful

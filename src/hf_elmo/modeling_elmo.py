@@ -591,13 +591,20 @@ class ElmoModel(ElmoPreTrainedModel):
 class ElmoTaskHeadModel(ElmoPreTrainedModel):
     """
     Base of the task heads: an `ElmoModel` at `self.elmo` (so a converted `ElmoModel` checkpoint loads into a
-    head, the head's weights newly initialised) whose biLM is frozen when `config.freeze_bilm` is true.
+    head, the head's weights newly initialised) whose biLM is frozen when `config.freeze_bilm` is true, and a
+    linear `classifier` from the ELMo vectors (the trained scalar mix of the biLM's layers, with dropout
+    `config.mix_dropout` in train mode) to `config.num_labels` logits. Subclasses say what the classifier reads
+    (`_features`), how the loss is computed (`_loss`) and the output class.
     """
+
+    output_class: type[ModelOutput]
 
     def __init__(self, config: ElmoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.elmo = ElmoModel(config)
+        self.classifier = nn.Linear(config.output_dim, config.num_labels)
+        self.post_init()
 
     def apply_bilm_freezing(self) -> None:
         """`requires_grad` of the character CNN and the LSTMs from `config.freeze_bilm`; the mix is untouched."""
@@ -617,18 +624,6 @@ class ElmoTaskHeadModel(ElmoPreTrainedModel):
         (loaded[0] if isinstance(loaded, tuple) else loaded).apply_bilm_freezing()
         return loaded
 
-
-class ElmoForTokenClassification(ElmoTaskHeadModel):
-    """
-    A linear layer over each word's ELMo vector (the trained scalar mix of the biLM's layers, with dropout
-    `config.mix_dropout`): `config.num_labels` logits per word. Labels are word-aligned, -100 ignored.
-    """
-
-    def __init__(self, config: ElmoConfig):
-        super().__init__(config)
-        self.classifier = nn.Linear(config.output_dim, config.num_labels)
-        self.post_init()
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -637,75 +632,66 @@ class ElmoForTokenClassification(ElmoTaskHeadModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> TokenClassifierOutput | tuple:
+    ) -> ModelOutput | tuple:
         r"""
         Args:
             input_ids / attention_mask: as [`ElmoModel`], `(B, W, C)` / `(B, W)`.
-            labels: `(B, W)` int64 label of each word; -100 (padding, or words to skip) is ignored by the loss.
+            labels: see the head's class.
+            output_hidden_states: also return `ElmoModel`'s `hidden_states`.
         Returns:
-            `TokenClassifierOutput`: `logits` `(B, W, num_labels)`, `loss` (mean cross-entropy over labelled
-            words) when `labels` are given, `hidden_states` as `ElmoModel`'s with `output_hidden_states`.
+            `output_class(loss, logits, hidden_states)` (`loss` only with `labels`), or the tuple of those present.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.elmo(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
                             return_dict=True)
-        logits = self.classifier(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            labels = labels.to(logits.device)
-            loss = F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+        logits = self.classifier(self._features(outputs.last_hidden_state, input_ids, attention_mask))
+        loss = self._loss(logits, labels.to(logits.device)) if labels is not None else None
         if not return_dict:
             return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _features(self, vectors: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                  ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ElmoForTokenClassification(ElmoTaskHeadModel):
+    """
+    `num_labels` logits `(B, W, num_labels)` per word from its ELMo vector. `labels`: `(B, W)` int64, word-aligned
+    (ELMo has one position per word); -100 (padding, or words to skip) is ignored by the cross-entropy loss.
+    """
+
+    output_class = TokenClassifierOutput
+
+    def _features(self, vectors, input_ids, attention_mask):
+        return vectors
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
 
 
 class ElmoForSequenceClassification(ElmoTaskHeadModel):
     """
-    A linear layer over the masked mean of a sentence's ELMo vectors. ELMo has no summary token, and its final
-    LSTM states summarise only the top layer while the trained mix weighs every layer; the mean of the mixed word
-    vectors (allennlp's "bag of embeddings" averaged encoder) keeps the mix meaningful. `problem_type` as BERT's:
-    "regression" (MSE), "single_label_classification" (cross-entropy), "multi_label_classification" (BCE with
-    logits), chosen from `num_labels` and the labels' dtype when unset.
+    Logits `(B, num_labels)` from the masked mean of a sentence's ELMo vectors (a sentence of no words pools to
+    zeros). ELMo has no summary token, and its final LSTM states summarise only the top layer while the trained
+    mix weighs every layer; the mean of the mixed word vectors (allennlp's averaged "bag of embeddings" encoder)
+    keeps the mix meaningful. `labels` and `problem_type` as BERT's: `(B,)` floats (or `(B, num_labels)`) for
+    "regression" (MSE), `(B,)` class ids for "single_label_classification" (cross-entropy), `(B, num_labels)` 0/1
+    floats for "multi_label_classification" (BCE with logits); chosen from `num_labels` and the labels' dtype
+    when unset, and then stored in the config.
     """
 
-    def __init__(self, config: ElmoConfig):
-        super().__init__(config)
-        self.classifier = nn.Linear(config.output_dim, config.num_labels)
-        self.post_init()
+    output_class = SequenceClassifierOutput
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
-        r"""
-        Args:
-            input_ids / attention_mask: as [`ElmoModel`], `(B, W, C)` / `(B, W)`.
-            labels: `(B,)` class ids, `(B,)` or `(B, num_labels)` floats for regression, or `(B, num_labels)`
-                0/1 floats for multi-label classification.
-        Returns:
-            `SequenceClassifierOutput`: `logits` `(B, num_labels)`, `loss` when `labels` are given,
-            `hidden_states` as `ElmoModel`'s with `output_hidden_states`. A sentence of no words pools to zeros.
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.elmo(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
-                            return_dict=True)
-        vectors = outputs.last_hidden_state  # zero at padding (dropout keeps zeros)
+    def _features(self, vectors, input_ids, attention_mask):
         word_mask = self.elmo._check_inputs(input_ids, attention_mask)[1]
         counts = word_mask.sum(dim=1, keepdim=True).clamp_min(1).to(vectors.dtype)
-        logits = self.classifier(vectors.sum(dim=1) / counts)
-        loss = None
-        if labels is not None:
-            loss = self._loss(logits, labels.to(logits.device))
-        if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return vectors.sum(dim=1) / counts  # the vectors are zero at padding (dropout keeps zeros)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits, labels):
         if self.config.problem_type is None:
             if self.num_labels == 1:
                 self.config.problem_type = "regression"
