@@ -13,7 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+)
 
 from hf_elmo import ElmoForSequenceClassification, ElmoForTokenClassification
 
@@ -152,6 +158,22 @@ def test_remote_code_loads_heads(converted_fixture, tmp_path, kind, cls):
                                                            padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "logits.pt"), model(**enc).logits)
+
+
+def test_collator_pads_word_aligned_labels_and_survives_device_moves(converted_fixture):
+    """transformers' DataCollatorForTokenClassification over ElmoTokenizer.pad; Trainer rebuilds the batch from a
+    mapping when it moves it to the device."""
+    tokenizer = AutoTokenizer.from_pretrained(converted_fixture)
+    features = [{"input_ids": tokenizer.encode_words(["a", "b"]), "labels": [1, 2]},
+                {"input_ids": tokenizer.encode_words(["c"]), "labels": [0]}]
+    batch = DataCollatorForTokenClassification(tokenizer)(features)
+    assert batch["labels"].tolist() == [[1, 2], [0, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]] and batch["input_ids"].shape == (2, 2, 50)
+    assert batch.word_ids(1) == [0, None]
+    moved = type(batch)({key: value for key, value in batch.items()})
+    assert all(torch.equal(moved[key], batch[key]) for key in batch)
+    with pytest.raises(ValueError, match="word positions unknown"):
+        moved.word_ids(0)
 
 
 def run_example(converted_fixture: Path, output_dir: Path, *extra: str) -> dict[str, float]:
