@@ -194,8 +194,6 @@ class _ElmoBiLm(nn.Module):
             `"activations"`: `num_layers` tensors `(B, W + 2, 2P)` (the token layer repeated for both directions,
             then each biLSTM layer), zero at padding; `"mask"`: `(B, W + 2)` bool, true at `<S>`, words, `</S>`.
         """
-        if inputs.dim() == 2 and inputs.shape[1] == 0:  # allennlp's batch_to_ids of only empty sentences
-            inputs = inputs.new_zeros(inputs.shape[0], 0, self.model.config.max_characters_per_token)
         mask = (inputs > 0).any(dim=-1)
         state = self._elmo_lstm.initial_state(inputs.shape[0]) if self.stateful else None
         out = self.model.forward_bilm(inputs, mask, state=state, use_cache=self.stateful)
