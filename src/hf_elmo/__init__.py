@@ -13,10 +13,22 @@ import importlib.util
 import sys
 from typing import Any, Callable
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
 
 from .configuration_elmo import ElmoConfig
-from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
+from .modeling_elmo import (
+    ElmoForSequenceClassification,
+    ElmoForTokenClassification,
+    ElmoModel,
+    ElmoModelOutput,
+    ElmoPreTrainedModel,
+)
 from .tokenization_elmo import ElmoManyLangsTokenizer, ElmoTokenizer
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
@@ -30,6 +42,12 @@ ElmoConfig.register_for_auto_class()
 ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
 ElmoManyLangsTokenizer.register_for_auto_class("AutoTokenizer")
+
+# Task heads (ELMo inside a task model: biLM frozen by default, scalar mix and head trained).
+AutoModelForTokenClassification.register(ElmoConfig, ElmoForTokenClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(ElmoConfig, ElmoForSequenceClassification, exist_ok=True)
+ElmoForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+ElmoForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __version__ = "0.1.0"
 
@@ -87,3 +105,4 @@ else:
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
 __all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
 __all__ += ["ElmoManyLangsTokenizer"]
+__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]

@@ -42,6 +42,10 @@ class ElmoConfig(PretrainedConfig):
 
     With a word embedding, `input_ids` carries `max_characters_per_token + 1` ids per word, the last one being the
     word id (see `ElmoManyLangsTokenizer`); `ids_per_word` says how many.
+        freeze_bilm: For the task heads (`ElmoForTokenClassification`, `ElmoForSequenceClassification`): keep the
+            biLM (character CNN and LSTMs) fixed and train only the scalar mix and the head, as allennlp uses ELMo
+            in a task model. `False` fine-tunes the biLM too. Stored with the checkpoint, so training resumed from
+            it makes the same choice; override with `from_pretrained(..., freeze_bilm=False)`.
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -71,6 +75,7 @@ class ElmoConfig(PretrainedConfig):
         word_embedding_dim: int = 0,
         boundary_char_ids: list[list[int]] | None = None,
         boundary_word_ids: list[int] | None = None,
+        freeze_bilm: bool = True,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -93,6 +98,7 @@ class ElmoConfig(PretrainedConfig):
         self.word_embedding_dim = word_embedding_dim
         self.boundary_char_ids = [list(ids) for ids in boundary_char_ids] if boundary_char_ids is not None else None
         self.boundary_word_ids = list(boundary_word_ids) if boundary_word_ids is not None else None
+        self.freeze_bilm = bool(freeze_bilm)
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)

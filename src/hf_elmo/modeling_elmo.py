@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_elmo import ElmoConfig
@@ -251,7 +252,8 @@ class ElmoBiLstm(nn.Module):
         return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True):
-        self.clear_runtime_cache()  # weights may be changed after training, even through `.data`
+        if mode != self.training:  # weights may be changed in training, even through `.data` (no version bump);
+            self.clear_runtime_cache()  # Trainer calls train() every step: a frozen biLM keeps its prepacked copy
         return super().train(mode)
 
     def forward(
@@ -611,4 +613,130 @@ class ElmoModel(ElmoPreTrainedModel):
         return h.to(self.device), c.to(self.device)
 
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Task heads: ELMo inside a task model, the biLM frozen by default (config.freeze_bilm) and the scalar mix trained.
+
+
+class ElmoTaskHeadModel(ElmoPreTrainedModel):
+    """
+    Base of the task heads: an `ElmoModel` at `self.elmo` (so a converted `ElmoModel` checkpoint loads into a
+    head, the head's weights newly initialised) whose biLM is frozen when `config.freeze_bilm` is true, and a
+    linear `classifier` from the ELMo vectors (the trained scalar mix of the biLM's layers, with dropout
+    `config.mix_dropout` in train mode) to `config.num_labels` logits. Subclasses say what the classifier reads
+    (`_features`), how the loss is computed (`_loss`) and the output class.
+    """
+
+    output_class: type[ModelOutput]
+
+    def __init__(self, config: ElmoConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.elmo = ElmoModel(config)
+        self.classifier = nn.Linear(config.output_dim, config.num_labels)
+        self.post_init()
+
+    def apply_bilm_freezing(self) -> None:
+        """`requires_grad` of the character CNN and the LSTMs from `config.freeze_bilm`; the mix is untouched."""
+        trainable = not self.config.freeze_bilm
+        for module in (self.elmo.char_encoder, self.elmo.encoder):
+            module.requires_grad_(trainable)
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.apply_bilm_freezing()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `ElmoPreTrainedModel.from_pretrained`; the biLM frozen again after loading (loading re-creates the
+        parameters trainable)."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_bilm_freezing()
+        return loaded
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ModelOutput | tuple:
+        r"""
+        Args:
+            input_ids / attention_mask: as [`ElmoModel`], `(B, W, C)` / `(B, W)`.
+            labels: see the head's class.
+            output_hidden_states: also return `ElmoModel`'s `hidden_states`.
+        Returns:
+            `output_class(loss, logits, hidden_states)` (`loss` only with `labels`), or the tuple of those present.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.elmo(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
+                            return_dict=True)
+        logits = self.classifier(self._features(outputs.last_hidden_state, input_ids, attention_mask))
+        loss = self._loss(logits, labels.to(logits.device)) if labels is not None else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return self.output_class(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _features(self, vectors: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                  ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ElmoForTokenClassification(ElmoTaskHeadModel):
+    """
+    `num_labels` logits `(B, W, num_labels)` per word from its ELMo vector. `labels`: `(B, W)` int64, word-aligned
+    (ELMo has one position per word); -100 (padding, or words to skip) is ignored by the cross-entropy loss.
+    """
+
+    output_class = TokenClassifierOutput
+
+    def _features(self, vectors, input_ids, attention_mask):
+        return vectors
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+
+
+class ElmoForSequenceClassification(ElmoTaskHeadModel):
+    """
+    Logits `(B, num_labels)` from the masked mean of a sentence's ELMo vectors (a sentence of no words pools to
+    zeros). ELMo has no summary token, and its final LSTM states summarise only the top layer while the trained
+    mix weighs every layer; the mean of the mixed word vectors (allennlp's averaged "bag of embeddings" encoder)
+    keeps the mix meaningful. `labels` and `problem_type` as BERT's: `(B,)` floats (or `(B, num_labels)`) for
+    "regression" (MSE), `(B,)` class ids for "single_label_classification" (cross-entropy), `(B, num_labels)` 0/1
+    floats for "multi_label_classification" (BCE with logits); chosen from `num_labels` and the labels' dtype
+    when unset, and then stored in the config.
+    """
+
+    output_class = SequenceClassifierOutput
+
+    def _features(self, vectors, input_ids, attention_mask):
+        word_mask = self.elmo._check_inputs(input_ids, attention_mask)[1]
+        counts = word_mask.sum(dim=1, keepdim=True).clamp_min(1).to(vectors.dtype)
+        return vectors.sum(dim=1) / counts  # the vectors are zero at padding (dropout keeps zeros)
+
+    def _loss(self, logits, labels):
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.reshape(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
 __all__ = ["ElmoBiLmOutput", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel"]
+__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]

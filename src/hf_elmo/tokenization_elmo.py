@@ -119,8 +119,10 @@ def _padded_width(
 class ElmoBatchEncoding(BatchEncoding):
     """A `BatchEncoding` whose positions are words, so it can answer `word_ids` / `tokens` without a fast tokenizer."""
 
-    def __init__(self, data: dict[str, Any], words: list[list[str]], widths: list[int], is_batched: bool,
-                 tensor_type=None):
+    def __init__(self, data: dict[str, Any] | None = None, words: list[list[str]] | None = None,
+                 widths: list[int] | None = None, is_batched: bool = True, tensor_type=None):
+        # Without words (rebuilt from a plain mapping, as Trainer does when it moves a batch to the device), the
+        # word positions are unknown and `tokens` / `word_ids` say so.
         self._words = words
         self._widths = widths  # positions per row, padding included
         super().__init__(data, tensor_type=tensor_type, prepend_batch_axis=not is_batched and tensor_type is not None)
@@ -136,14 +138,19 @@ class ElmoBatchEncoding(BatchEncoding):
     def _row_width(self, batch_index: int) -> int:
         return self._widths[batch_index]
 
+    def _row_words(self, batch_index: int) -> list[str]:
+        if self._words is None:
+            raise ValueError("word positions unknown: this encoding was rebuilt from a plain mapping of tensors")
+        return self._words[batch_index]
+
     def tokens(self, batch_index: int = 0) -> list[str | None]:
         """The words of row `batch_index`, `None` at padding positions."""
-        words = self._words[batch_index]
+        words = self._row_words(batch_index)
         return list(words) + [None] * (self._row_width(batch_index) - len(words))
 
     def word_ids(self, batch_index: int = 0) -> list[int | None]:
         """Position -> word index: position i is word i; padding positions map to `None`."""
-        n_words = len(self._words[batch_index])
+        n_words = len(self._row_words(batch_index))
         return list(range(n_words)) + [None] * (self._row_width(batch_index) - n_words)
 
     def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int:
