@@ -238,7 +238,9 @@ def test_prepacked_weights_follow_in_place_updates_and_stay_out_of_the_state_dic
     with torch.inference_mode():
         for a, b in zip(after, copied(inputs, lengths)[0]):
             assert torch.equal(a, b)
-    encoder.train()
+    encoder.train()  # already in train mode, as Trainer calls it every step: the frozen weights' copies stay
+    assert encoder.layers[0].runtime_cache
+    encoder.eval()
     assert not encoder.layers[0].runtime_cache  # dropped when switching modes
 
 

@@ -613,7 +613,6 @@ class ElmoModel(ElmoPreTrainedModel):
         return h.to(self.device), c.to(self.device)
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Task heads: ELMo inside a task model, the biLM frozen by default (config.freeze_bilm) and the scalar mix trained.
 
