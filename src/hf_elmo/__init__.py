@@ -9,6 +9,7 @@ from .configuration_elmo import ElmoConfig
 from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
 from .tokenization_elmo import ElmoTokenizer
 from .jobs.datasets_job import embed_dataset
+from .jobs.ray_job import embed_ray_dataset  # imports ray only when called
 from .pipelines import ElmoFeatureExtractionPipeline, register_pipeline as _register_pipeline
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
@@ -23,4 +24,4 @@ _register_pipeline()  # the "elmo-feature-extraction" task
 __version__ = "0.1.0"
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
-__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
+__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset", "embed_ray_dataset"]

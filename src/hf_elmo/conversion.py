@@ -16,6 +16,7 @@ from .download import resolve_file
 from .modeling_elmo import ElmoModel
 from .checkpoints import CheckpointError
 from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, read_options, read_weights
+from .sentence_transformers_files import write_sentence_transformers_files
 from .tokenization_elmo import ElmoTokenizer
 
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")
@@ -104,6 +105,7 @@ def convert_original_checkpoint(
         _apply_default_permissions(staging)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        write_sentence_transformers_files(staging, config)  # the folder is a sentence-transformers model too
         text = model_card_text(config, str(options_file), options, model_card)
         (staging / "README.md").write_text(text, encoding="utf-8")
         _replace_directory(staging, output_dir)
