@@ -47,7 +47,7 @@ def test_folder_has_the_sentence_transformers_files(converted_fixture):
 
 def test_encode_is_the_masked_mean_of_last_hidden_state(converted_fixture, mean_vectors):
     model = sentence_transformers.SentenceTransformer(str(converted_fixture), device="cpu")
-    embeddings = model.encode(TEXTS, batch_size=3)  # batches of 3: other paddings than the reference's
+    embeddings = model.encode(TEXTS, batch_size=3, show_progress_bar=True)  # other paddings than the reference
     assert embeddings.shape == mean_vectors.shape and embeddings.dtype == np.float32
     assert np.abs(embeddings - mean_vectors).max() < 1e-5
     assert not embeddings[1].any()  # "" has no words

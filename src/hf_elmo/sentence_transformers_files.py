@@ -9,8 +9,8 @@ mean ELMo vector of each text (`(D,)`, `D = 2 * projection_dim`), with the libra
 `normalize_embeddings`. A text without words gets zeros.
 
 The files use the long-standing layout (`sentence_transformers.models.*` module paths, the `pooling_mode_*_tokens`
-keys) that models on the Hub are saved in and that sentence-transformers 6 still loads (6.2.0 is tested). Nothing
-here imports sentence-transformers; the converter writes these small JSON files into every folder.
+keys) that models on the Hub are saved in and that sentence-transformers still loads (5.3.0 and 6.2.0 are tested).
+Nothing here imports sentence-transformers; the converter writes these small JSON files into every folder.
 """
 
 from __future__ import annotations

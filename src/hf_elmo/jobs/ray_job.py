@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 class ElmoRayEmbedder:
     """
     The callable class `embed_ray_dataset` gives `map_batches` (one instance per Ray actor): a numpy batch
-    `{column: array of B values}` -> the same batch with `output_column` added, a list of B float32 arrays.
+    `{column: array of B values}` -> the same batch with `output_column` added: B float32 arrays `(words, D)` /
+    `(words, L+1, D)`, or with `pooling="mean"` one `(B, D)` / `(B, L+1, D)` array.
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class ElmoRayEmbedder:
                                    self.batch_size)
         # Pooled vectors share one shape: one (B, ...) array. Word vectors stay a list of per-row arrays, which
         # Ray turns into its variable-shaped tensor column.
-        return {**batch, self.output_column: np.stack(vectors) if self.pooling else vectors}
+        return {**batch, self.output_column: np.stack(vectors) if self.pooling and vectors else vectors}
 
     def words_of(self, value: Any) -> list[str]:
         """A row's words: raw text split with the tokenizer's Moses rules, or a list / array of words as it is."""
