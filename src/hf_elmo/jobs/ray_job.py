@@ -153,9 +153,12 @@ def embed_ray_dataset(
         model = os.fspath(model)
     if not isinstance(model, str):
         if getattr(getattr(model, "config", None), "model_type", None) != "elmo":
-            raise ValueError(f"model must be an ELMo checkpoint (path, Hub id or ElmoModel), got {type(model).__name__}")
+            raise ValueError(f"model must be an ELMo checkpoint (path, Hub id or ElmoModel), got "
+                             f"{type(model).__name__}")
         if dtype is not None:
             raise ValueError("dtype applies to a model given as a path or Hub id; convert a loaded model yourself")
+    # Ray Data's actor pools restart dead actors and retry their tasks without limit by default (max_restarts=-1,
+    # max_task_retries=-1; passing them is deprecated in Ray 2.60), which is what makes a lost actor harmless.
     return dataset.map_batches(
         ElmoRayEmbedder,
         fn_constructor_kwargs=dict(
