@@ -235,7 +235,7 @@ def test_existing_output_is_replaced_only_when_complete(tmp_path, monkeypatch):
     out = tmp_path / "out"
     convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
     (out / "stale.txt").write_text("from an earlier run")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}  # 1_Pooling/ too
 
     import hf_elmo.conversion as conversion
 
@@ -245,7 +245,7 @@ def test_existing_output_is_replaced_only_when_complete(tmp_path, monkeypatch):
     monkeypatch.setattr(conversion, "model_card_text", crash)  # fails after the weights were written
     with pytest.raises(RuntimeError, match="disk full"):
         convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
     convert_original_checkpoint(FIXTURE_OPTIONS, FIXTURE_WEIGHTS, out)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()

@@ -52,7 +52,11 @@ ElmoForSequenceClassification.register_for_auto_class("AutoModelForSequenceClass
 __version__ = "0.1.0"
 
 # Public names imported on first access (PEP 562): name -> module.
-_LAZY = {"embed_dataset": ".jobs.datasets_job", "ElmoFeatureExtractionPipeline": ".pipelines"}
+_LAZY = {
+    "embed_dataset": ".jobs.datasets_job",
+    "embed_ray_dataset": ".jobs.ray_job",
+    "ElmoFeatureExtractionPipeline": ".pipelines",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -103,6 +107,6 @@ else:
     sys.meta_path.insert(0, _AfterImport("transformers.pipelines", _register_pipeline_task))
 
 __all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
-__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
+__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset", "embed_ray_dataset"]
 __all__ += ["ElmoManyLangsTokenizer"]
 __all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]

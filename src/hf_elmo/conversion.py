@@ -18,6 +18,7 @@ from .checkpoints import CheckpointError
 from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, largest_weight, read_options, read_weights
 from .jobs.core import read_vocab_file
 from .tokenization_elmo import BEGIN_OF_WORD_CHAR, END_OF_WORD_CHAR, PADDING_CHAR, ElmoTokenizer
+from .sentence_transformers_files import write_sentence_transformers_files
 
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")
 
@@ -87,16 +88,17 @@ def convert_original_checkpoint(
     return write_checkpoint_folder(output_dir, model, tokenizer, text)
 
 
-
 def write_checkpoint_folder(output_dir: Path, model: ElmoModel, tokenizer: ElmoTokenizer, model_card: str) -> Path:
     """
-    Write model, tokenizer (both with their remote code) and `README.md` into a temporary folder next to
-    `output_dir`, then put it in place of `output_dir`: a failure leaves any old `output_dir` as it was.
+    Write model, tokenizer (both with their remote code), the sentence-transformers files and `README.md` into a
+    temporary folder next to `output_dir`, then put it in place of `output_dir`: a failure leaves any old
+    `output_dir` as it was.
     """
     staging = _make_staging_folder(output_dir)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        write_sentence_transformers_files(staging, model.config)  # the folder is a sentence-transformers model too
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         _apply_default_permissions(staging)
         _replace_directory(staging, output_dir)

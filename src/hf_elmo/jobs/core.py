@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..modeling_elmo import ElmoModel
     from ..tokenization_elmo import ElmoTokenizer
 
+DEFAULT_OUTPUT_COLUMN = "elmo"  # the column the jobs add
 Representation = Literal["mix", "top", "all"]
 Pooling = Union[Literal["mean"], None]
 REPRESENTATIONS: tuple[str, ...] = ("mix", "top", "all")
@@ -248,7 +249,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 __all__ = [
-    "POOLINGS", "REPRESENTATIONS", "Pooling", "Representation", "architecture",
+    "DEFAULT_OUTPUT_COLUMN", "POOLINGS", "REPRESENTATIONS", "Pooling", "Representation", "architecture",
     "check_representation", "embed_word_lists", "load_model", "masked_mean", "model_fingerprint",
     "default_tokenizer", "quiet_weight_progress", "read_vocab_file", "select_representation",
 ]

@@ -60,7 +60,8 @@ import torch
 
 from ..tokenization_elmo import ElmoTokenizer
 from .core import (
-    Pooling, Representation, check_representation, default_tokenizer, embed_word_lists, load_model, model_fingerprint,
+    DEFAULT_OUTPUT_COLUMN, Pooling, Representation, check_representation, default_tokenizer, embed_word_lists,
+    load_model, model_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
 
     from ..modeling_elmo import ElmoModel
 
-DEFAULT_OUTPUT_COLUMN = "elmo"
 # Bump when the stored numbers or layout change, so that old cache files are not reused.
 JOB_FORMAT_VERSION = 1
 _STRING_DTYPES = ("string", "large_string")
