@@ -6,7 +6,6 @@ lives here, so reading a release, validating it and writing one in the same layo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import CheckpointError
+from . import CheckpointError, read_json_file
 from ..configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 
 # The keys bilm-tf reads with `options[...]` (bilm/model.py, bilm/training.py); a file without one fails there too.
@@ -49,12 +48,7 @@ def official_options(name: str) -> dict[str, Any]:
 def read_options(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check an `options.json`; extra training keys are ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: options file not found")
-    try:
-        options = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a JSON options file ({error})") from None
+    options = read_json_file(path, "options file not found")
     check_options(options, str(path))
     return options
 

@@ -16,7 +16,6 @@ shift: the bias is copied as is); skip connections between the LSTM layers alway
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_elmo import ElmoConfig
-from . import CheckpointError
+from . import CheckpointError, read_json_file
 
 CHAR_TABLE_FILE = "char.dic"
 WORD_TABLE_FILE = "word.dic"
@@ -166,12 +165,7 @@ def read_release(model_dir: str | Path) -> ManyLangsRelease:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (an ELMoForManyLangs model folder has config.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not a JSON file ({error})") from None
+    data = read_json_file(path, "not found (an ELMoForManyLangs model folder has config.json)")
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
