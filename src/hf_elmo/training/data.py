@@ -131,7 +131,7 @@ class SentenceReader:
             self._handle.close()
         self._handle = self._line_starts = self._line_order = None
 
-    def _next_line(self, file_index: int) -> tuple[bytes, int] | None:
+    def _next_line(self) -> tuple[bytes, int] | None:
         """The next raw line of the current file and its line number (from 1), or None at the file's end."""
         if not self.shuffle:
             raw = self._handle.readline()
@@ -160,7 +160,7 @@ class SentenceReader:
                 file_index = order[self.file_rank]
                 if self._handle is None:
                     self._open(file_index)
-                while (line := self._next_line(file_index)) is not None:
+                while (line := self._next_line()) is not None:
                     words = decode_line(line[0], self.files[file_index], line[1]).split()
                     if words:
                         return words
@@ -318,7 +318,8 @@ class LMStreamDataset(torch.utils.data.IterableDataset):
             "batches": self.batches,
             "finished": self._finished,
             "settings": self.settings,
-            "directions": [{"reader": d.reader.state_dict(), "rows": copy.deepcopy(d.rows)} for d in self.directions],
+            # The row lists are replaced, never changed in place (`_RowStreams.next_window`): a shallow copy keeps.
+            "directions": [{"reader": d.reader.state_dict(), "rows": list(d.rows)} for d in self.directions],
         }
 
     def _remember_state(self) -> None:
