@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--batch-size", type=int, default=4096)
     dump.add_argument("--device", default="cpu")
     dump.set_defaults(run=run_dump_token_embeddings)
+    from .training.vocabulary import add_build_vocab_arguments, run_build_vocab
+
+    build_vocab = commands.add_parser("build-vocab", help="count a training corpus into bilm-tf's vocabulary file")
+    add_build_vocab_arguments(build_vocab)
+    build_vocab.set_defaults(run=run_build_vocab)
     return parser
 
 
