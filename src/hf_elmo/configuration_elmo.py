@@ -33,6 +33,10 @@ class ElmoConfig(PretrainedConfig):
         mix_dropout: Dropout on the ELMo vector in train mode (allennlp's `Elmo` uses 0.5).
         num_cached_words: Number of words whose token vectors are stored in the checkpoint so they skip
             the character CNN (allennlp's `vocab_to_cache`); 0 for none.
+        lm_vocab_size: Words of the language model's softmax (`ElmoForPreTraining`), one row each; 0 for a
+            checkpoint without the LM head. The words themselves are in the folder's `lm_vocab.txt`.
+        lm_bos_id / lm_eos_id / lm_unk_id: Softmax rows of `<S>`, `</S>` and `<UNK>` (bilm-tf vocabularies start
+            with these three).
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -58,6 +62,10 @@ class ElmoConfig(PretrainedConfig):
         do_layer_norm: bool = False,
         mix_dropout: float = 0.5,
         num_cached_words: int = 0,
+        lm_vocab_size: int = 0,
+        lm_bos_id: int = 0,
+        lm_eos_id: int = 1,
+        lm_unk_id: int = 2,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -76,6 +84,8 @@ class ElmoConfig(PretrainedConfig):
         self.do_layer_norm = do_layer_norm
         self.mix_dropout = mix_dropout
         self.num_cached_words = num_cached_words
+        self.lm_vocab_size = lm_vocab_size
+        self.lm_bos_id, self.lm_eos_id, self.lm_unk_id = lm_bos_id, lm_eos_id, lm_unk_id
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)
@@ -95,6 +105,12 @@ class ElmoConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_highway_layers < 0 or self.num_cached_words < 0:
             raise ValueError("num_highway_layers and num_cached_words must not be negative")
+        if self.lm_vocab_size < 0:
+            raise ValueError(f"lm_vocab_size must not be negative, got {self.lm_vocab_size}")
+        if self.lm_vocab_size and not all(0 <= i < self.lm_vocab_size for i in (self.lm_bos_id, self.lm_eos_id,
+                                                                                self.lm_unk_id)):
+            raise ValueError(f"lm_bos_id, lm_eos_id and lm_unk_id must be rows of the {self.lm_vocab_size}-word "
+                             f"softmax, got {self.lm_bos_id}, {self.lm_eos_id}, {self.lm_unk_id}")
         if self.scalar_mix_parameters is not None and len(self.scalar_mix_parameters) != self.num_hidden_layers + 1:
             raise ValueError(
                 f"scalar_mix_parameters needs num_hidden_layers + 1 = {self.num_hidden_layers + 1} values, "
