@@ -13,10 +13,10 @@ import importlib.util
 import sys
 from typing import Any, Callable
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoTokenizer
 
 from .configuration_elmo import ElmoConfig
-from .modeling_elmo import ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
+from .modeling_elmo import ElmoForPreTraining, ElmoModel, ElmoModelOutput, ElmoPreTrainedModel
 from .tokenization_elmo import ElmoTokenizer
 
 AutoConfig.register(ElmoConfig.model_type, ElmoConfig, exist_ok=True)
@@ -26,11 +26,15 @@ AutoTokenizer.register(ElmoConfig, tokenizer_class=ElmoTokenizer, exist_ok=True)
 ElmoConfig.register_for_auto_class()
 ElmoModel.register_for_auto_class("AutoModel")
 ElmoTokenizer.register_for_auto_class("AutoTokenizer")
+# The language model (biLM + softmax): AutoModelForPreTraining.from_pretrained(folder).
+AutoModelForPreTraining.register(ElmoConfig, ElmoForPreTraining, exist_ok=True)
+ElmoForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __version__ = "0.1.0"
 
 # Public names imported on first access (PEP 562): name -> module.
-_LAZY = {"embed_dataset": ".jobs.datasets_job", "ElmoFeatureExtractionPipeline": ".pipelines"}
+_LAZY = {"embed_dataset": ".jobs.datasets_job", "ElmoFeatureExtractionPipeline": ".pipelines",
+         "ElmoLanguageModel": ".jobs.lm_job"}
 
 
 def __getattr__(name: str) -> Any:
@@ -80,5 +84,5 @@ if "transformers.pipelines" in sys.modules:
 else:
     sys.meta_path.insert(0, _AfterImport("transformers.pipelines", _register_pipeline_task))
 
-__all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
-__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset"]
+__all__ = ["ElmoConfig", "ElmoForPreTraining", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
+__all__ += ["ElmoFeatureExtractionPipeline", "ElmoLanguageModel", "embed_dataset"]

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -463,20 +463,13 @@ def dump_token_embeddings(
     the context-free token vector of each word in order (`<S>` / `</S>` are the sentence-boundary tokens).
     """
     import h5py
-    from tqdm.auto import tqdm
 
     output_file = Path(output_file)
-    c = model.config.max_characters_per_token
-    device = model.device
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as hdf5:
-            dataset = hdf5.create_dataset("embedding", (len(words), model.config.projection_dim), dtype="float32")
-            for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
-                chunk = words[start : start + batch_size]
-                ids = torch.tensor([word_to_char_ids(w, c) for w in chunk], dtype=torch.long, device=device)
-                dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
+            write_token_embeddings(model, words, hdf5, "embedding", batch_size)
         os.replace(tmp_name, output_file)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -484,5 +477,18 @@ def dump_token_embeddings(
     return output_file
 
 
+def write_token_embeddings(model: "ElmoModel", words: list[str], hdf5: Any, name: str, batch_size: int = 4096) -> None:
+    """Create dataset `name` in the open h5py file: float32 `(len(words), projection_dim)`, the context-free token
+    vector of each word, computed `batch_size` words at a time (with a progress bar)."""
+    from tqdm.auto import tqdm
+
+    c = model.config.max_characters_per_token
+    dataset = hdf5.create_dataset(name, (len(words), model.config.projection_dim), dtype="float32")
+    for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
+        chunk = words[start : start + batch_size]
+        ids = torch.tensor([word_to_char_ids(w, c) for w in chunk], dtype=torch.long, device=model.device)
+        dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
+
+
 __all__ = ["DEFAULT_BATCH_SIZE", "EmbedError", "EmbedSummary", "OUTPUT_FORMATS", "dump_token_embeddings",
-           "embed_file", "split_line", "work_dir_for"]
+           "embed_file", "split_line", "work_dir_for", "write_token_embeddings"]
