@@ -740,14 +740,14 @@ class ElmoForPreTraining(ElmoPreTrainedModel):
         forward_targets[rows, lengths] = self.config.lm_eos_id
         backward_targets = torch.cat([ignore, labels], dim=1)
         backward_targets[:, 0] = self.config.lm_bos_id
-        nlls, means = [], []
-        for hidden, targets in ((forward_hidden, forward_targets), (backward_hidden, backward_targets)):
-            scored = mask & (targets != -100)
-            nll = hidden.new_zeros(batch, columns, dtype=torch.promote_types(hidden.dtype, torch.float32))
-            nll[scored] = -target_log_probs(hidden[scored], weight, bias, targets[scored])
-            nlls.append(nll)
-            means.append(nll.sum() / scored.sum().clamp(min=1))
-        return nlls[0], nlls[1], 0.5 * (means[0] + means[1])
+        scored = torch.stack([mask & (forward_targets != -100), mask & (backward_targets != -100)])  # (2, B, W + 1)
+        hidden = torch.stack([forward_hidden, backward_hidden])
+        targets = torch.stack([forward_targets, backward_targets])
+        # Both directions in one pass over the vocabulary: the softmax weight is read once, in larger GEMMs.
+        nll = hidden.new_zeros(scored.shape, dtype=torch.promote_types(hidden.dtype, torch.float32))
+        nll[scored] = -target_log_probs(hidden[scored], weight, bias, targets[scored])
+        means = nll.sum(dim=(1, 2)) / scored.sum(dim=(1, 2)).clamp(min=1)
+        return nll[0], nll[1], 0.5 * means.sum()
 
 
 __all__ += ["ElmoForPreTraining", "ElmoForPreTrainingOutput", "ElmoNoLMHeadError"]
