@@ -432,6 +432,41 @@ def test_tf_checkpoint_converts_to_the_same_language_model(lm_folder, tmp_path, 
     assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in ours)
 
 
+@pytest.fixture
+def tensorflow_reader_replaced_by_lm_ref(monkeypatch, lm_ref):
+    """TensorFlow's checkpoint reader standing in with the values it returned for this checkpoint (lm_ref's
+    `ckpt/<name>`), so the conversion around it is tested where TensorFlow is not installed."""
+    from hf_elmo.checkpoints import bilm_tf_training
+
+    def read(prefix, wanted):
+        assert prefix == LM_FIXTURE / "ckpt" / "model.ckpt-12"
+        return {name[len("ckpt/"):]: value for name, value in lm_ref.items()
+                if name.startswith("ckpt/") and wanted(name[len("ckpt/"):])}
+
+    monkeypatch.setattr(bilm_tf_training, "_read_tensorflow_variables", read)
+
+
+def test_training_checkpoint_conversion_around_the_reader(tensorflow_reader_replaced_by_lm_ref, lm_folder, tmp_path,
+                                                          capsys):
+    code, _, err = run_cli(["convert", "--tf-checkpoint", LM_FIXTURE / "ckpt", "--vocab-file", TRAIN / "vocab.txt",
+                            "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0, err
+    ours = AutoModelForPreTraining.from_pretrained(tmp_path / "out").state_dict()
+    expected = AutoModelForPreTraining.from_pretrained(lm_folder).state_dict()
+    assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in ours)
+    capsys.readouterr()
+    # Training options whose n_tokens_vocab disagrees with the softmax: named, nothing written.
+    options = json.loads((LM_FIXTURE / "ckpt" / "options.json").read_text())
+    options["n_tokens_vocab"] = 33
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    code, _, err = run_cli(["convert", "--tf-checkpoint", LM_FIXTURE / "ckpt", "--options-file",
+                            tmp_path / "options.json", "--vocab-file", TRAIN / "vocab.txt", "--output-dir",
+                            tmp_path / "other"], capsys)
+    assert code == 2 and not (tmp_path / "other").exists()
+    assert err.strip() == (f"hf-elmo convert: error: {tmp_path / 'options.json'}: n_tokens_vocab is 33, but the "
+                           f"checkpoint's softmax has 32 rows: the options belong to another model")
+
+
 def test_empty_and_missing_inputs(lm, lm_folder, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
