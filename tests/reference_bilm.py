@@ -62,9 +62,12 @@ class ReferenceBiLM:
         z = np.concatenate([x, r]) @ self.w[f"{prefix}/W_0"] + self.w[f"{prefix}/B"]
         i, j, f, o = np.split(z, 4)
         c = _sigmoid(f + 1.0) * c + _sigmoid(i) * np.tanh(j)
-        c = np.clip(c, -lstm["cell_clip"], lstm["cell_clip"])
+        if lstm.get("cell_clip") is not None:  # bilm-tf reads the clips with .get: absent means none
+            c = np.clip(c, -lstm["cell_clip"], lstm["cell_clip"])
         r = (_sigmoid(o) * np.tanh(c)) @ self.w[f"{prefix}/W_P_0"]
-        return np.clip(r, -lstm["proj_clip"], lstm["proj_clip"]), c
+        if lstm.get("proj_clip") is not None:
+            r = np.clip(r, -lstm["proj_clip"], lstm["proj_clip"])
+        return r, c
 
     def layers(self, words: list[str]) -> np.ndarray:
         """`(n_layers + 1, len(words), 2P)`: token layer repeated, then each layer [forward, backward]; zero state."""
@@ -80,11 +83,64 @@ class ReferenceBiLM:
                 r, c, out = np.zeros(p), np.zeros(h), []
                 for t in range(n_steps):
                     r, c = self._cell(direction, layer, inputs[t], r, c)
-                    out.append(r + inputs[t] if lstm["use_skip_connections"] and layer > 0 else r)
+                    out.append(r + inputs[t] if lstm.get("use_skip_connections") and layer > 0 else r)
                 new.append(np.stack(out))
             per_direction = new
             outputs.append(np.concatenate([new[0], new[1][::-1]], axis=1))
         return np.stack(outputs)[:, 1:-1]
+
+
+class ReferenceLM(ReferenceBiLM):
+    """
+    `ReferenceBiLM` with bilm-tf's softmax (`W` (V, P), `b` (V,), shared by both directions) and its two
+    language models, one token at a time: the forward LM reads `<S> w1 .. wn`, the backward LM `</S> wn .. w1`,
+    each from a given state, as bilm-tf's graph does at unroll_steps 1. `vocabulary` maps words to softmax rows.
+    """
+
+    def __init__(self, options: dict, weight_file: str, softmax_weight: np.ndarray, softmax_bias: np.ndarray,
+                 vocabulary: list[str]):
+        super().__init__(options, weight_file)
+        self.softmax_weight, self.softmax_bias = softmax_weight.astype(np.float64), softmax_bias.astype(np.float64)
+        self.word_ids = {word: i for i, word in enumerate(vocabulary)}
+
+    def zero_state(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per direction, per layer `(r, c)`."""
+        lstm = self.options["lstm"]
+        return [[(np.zeros(lstm["projection_dim"]), np.zeros(lstm["dim"])) for _ in range(lstm["n_layers"])]
+                for _ in (0, 1)]
+
+    def step(self, direction: int, word: str, state: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list]:
+        """One token through one direction's stack: the log-softmax over the vocabulary `(V,)` and the new state."""
+        lstm = self.options["lstm"]
+        x, new_state = self.token_vector(word), []
+        for layer, (r, c) in enumerate(state):
+            r, c = self._cell(direction, layer, x, r, c)
+            new_state.append((r, c))
+            x = r + x if lstm.get("use_skip_connections") and layer > 0 else r
+        logits = self.softmax_weight @ x + self.softmax_bias
+        top = logits.max()
+        return logits - top - np.log(np.exp(logits - top).sum()), new_state
+
+    def sentence(self, words: list[str], state=None):
+        """
+        One sentence continuing `state` (zero if None): per direction the NLLs `(n + 1,)` and log-softmax rows
+        `(n + 1, V)` in reading order, and the state after it (forward after wn, backward after w1: neither LM
+        reads the other boundary, as in bilm-tf's streams).
+        """
+        state = state if state is not None else self.zero_state()
+        unk = self.word_ids["<UNK>"]
+        streams = [(["<S>", *words], [*words, "</S>"]), (["</S>", *words[::-1]], [*words[::-1], "<S>"])]
+        nlls, rows, new_state = [], [], []
+        for direction, (inputs, targets) in enumerate(streams):
+            s, nll, logps = state[direction], [], []
+            for word, target in zip(inputs, targets):
+                logp, s = self.step(direction, word, s)
+                nll.append(-logp[self.word_ids.get(target, unk)])
+                logps.append(logp)
+            nlls.append(np.array(nll))
+            rows.append(np.stack(logps))
+            new_state.append(s)
+        return nlls, rows, new_state
 
 
 def reference_bilstm(encoder: ElmoBiLstm, inputs, lengths, initial_state=None):

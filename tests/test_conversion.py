@@ -259,7 +259,9 @@ def test_folder_contents_and_generic_card(converted_fixture):
             "configuration_elmo.py", "tokenization_elmo.py"} <= names
     config = json.loads((converted_fixture / "config.json").read_text())
     assert config["model_type"] == "elmo"
-    assert config["auto_map"] == {"AutoConfig": "configuration_elmo.ElmoConfig", "AutoModel": "modeling_elmo.ElmoModel"}
+    # The language-model class too: it loads an embedding-only folder and says it has no LM head when asked to score.
+    assert config["auto_map"] == {"AutoConfig": "configuration_elmo.ElmoConfig", "AutoModel": "modeling_elmo.ElmoModel",
+                                  "AutoModelForPreTraining": "modeling_elmo.ElmoForPreTraining"}
     card = (converted_fixture / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag: feature-extraction" in card
     assert str(FIXTURE_OPTIONS) in card and '"projection_dim": 16' in card

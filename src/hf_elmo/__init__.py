@@ -16,6 +16,7 @@ from typing import Any, Callable
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -23,6 +24,7 @@ from transformers import (
 
 from .configuration_elmo import ElmoConfig
 from .modeling_elmo import (
+    ElmoForPreTraining,
     ElmoForSequenceClassification,
     ElmoForTokenClassification,
     ElmoModel,
@@ -48,6 +50,9 @@ AutoModelForTokenClassification.register(ElmoConfig, ElmoForTokenClassification,
 AutoModelForSequenceClassification.register(ElmoConfig, ElmoForSequenceClassification, exist_ok=True)
 ElmoForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 ElmoForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# The language model (biLM + softmax): AutoModelForPreTraining.from_pretrained(folder).
+AutoModelForPreTraining.register(ElmoConfig, ElmoForPreTraining, exist_ok=True)
+ElmoForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 
 __version__ = "0.1.0"
 
@@ -56,6 +61,7 @@ _LAZY = {
     "embed_dataset": ".jobs.datasets_job",
     "embed_ray_dataset": ".jobs.ray_job",
     "ElmoFeatureExtractionPipeline": ".pipelines",
+    "ElmoLanguageModel": ".jobs.lm_job",
 }
 
 
@@ -106,7 +112,8 @@ if "transformers.pipelines" in sys.modules:
 else:
     sys.meta_path.insert(0, _AfterImport("transformers.pipelines", _register_pipeline_task))
 
-__all__ = ["ElmoConfig", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel", "ElmoTokenizer", "__version__"]
-__all__ += ["ElmoFeatureExtractionPipeline", "embed_dataset", "embed_ray_dataset"]
-__all__ += ["ElmoManyLangsTokenizer"]
-__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]
+__all__ = [
+    "ElmoConfig", "ElmoFeatureExtractionPipeline", "ElmoForPreTraining", "ElmoForSequenceClassification",
+    "ElmoForTokenClassification", "ElmoLanguageModel", "ElmoManyLangsTokenizer", "ElmoModel", "ElmoModelOutput",
+    "ElmoPreTrainedModel", "ElmoTokenizer", "__version__", "embed_dataset", "embed_ray_dataset",
+]

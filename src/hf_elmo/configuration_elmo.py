@@ -46,6 +46,10 @@ class ElmoConfig(PretrainedConfig):
             biLM (character CNN and LSTMs) fixed and train only the scalar mix and the head, as allennlp uses ELMo
             in a task model. `False` fine-tunes the biLM too. Stored with the checkpoint, so training resumed from
             it makes the same choice; override with `from_pretrained(..., freeze_bilm=False)`.
+        lm_vocab_size: Words of the language model's softmax (`ElmoForPreTraining`), one row each; 0 for a
+            checkpoint without the LM head. The words themselves are in the folder's `lm_vocab.txt`.
+        lm_bos_id / lm_eos_id / lm_unk_id: Softmax rows of `<S>`, `</S>` and `<UNK>` (bilm-tf vocabularies start
+            with these three).
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -76,6 +80,10 @@ class ElmoConfig(PretrainedConfig):
         boundary_char_ids: list[list[int]] | None = None,
         boundary_word_ids: list[int] | None = None,
         freeze_bilm: bool = True,
+        lm_vocab_size: int = 0,
+        lm_bos_id: int = 0,
+        lm_eos_id: int = 1,
+        lm_unk_id: int = 2,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -99,6 +107,8 @@ class ElmoConfig(PretrainedConfig):
         self.boundary_char_ids = [list(ids) for ids in boundary_char_ids] if boundary_char_ids is not None else None
         self.boundary_word_ids = list(boundary_word_ids) if boundary_word_ids is not None else None
         self.freeze_bilm = bool(freeze_bilm)
+        self.lm_vocab_size = lm_vocab_size
+        self.lm_bos_id, self.lm_eos_id, self.lm_unk_id = lm_bos_id, lm_eos_id, lm_unk_id
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)
@@ -118,6 +128,12 @@ class ElmoConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_highway_layers < 0 or self.num_cached_words < 0:
             raise ValueError("num_highway_layers and num_cached_words must not be negative")
+        if self.lm_vocab_size < 0:
+            raise ValueError(f"lm_vocab_size must not be negative, got {self.lm_vocab_size}")
+        if self.lm_vocab_size and not all(0 <= i < self.lm_vocab_size for i in (self.lm_bos_id, self.lm_eos_id,
+                                                                                self.lm_unk_id)):
+            raise ValueError(f"lm_bos_id, lm_eos_id and lm_unk_id must be rows of the {self.lm_vocab_size}-word "
+                             f"softmax, got {self.lm_bos_id}, {self.lm_eos_id}, {self.lm_unk_id}")
         if self.scalar_mix_parameters is not None and len(self.scalar_mix_parameters) != self.num_hidden_layers + 1:
             raise ValueError(
                 f"scalar_mix_parameters needs num_hidden_layers + 1 = {self.num_hidden_layers + 1} values, "

@@ -9,17 +9,21 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .configuration_elmo import OFFICIAL_CHAR_FILTERS, ElmoConfig
 from .download import resolve_file
-from .modeling_elmo import ElmoModel
+from .modeling_elmo import ElmoForPreTraining, ElmoModel
 from .checkpoints import CheckpointError
 from .checkpoints.bilm_tf import OFFICIAL_MODELS, config_from_options, largest_weight, read_options, read_weights
+from .checkpoints.softmax import LMVocabulary, read_lm_vocabulary, read_softmax, write_lm_vocabulary
 from .jobs.core import read_vocab_file
 from .tokenization_elmo import BEGIN_OF_WORD_CHAR, END_OF_WORD_CHAR, PADDING_CHAR, ElmoTokenizer
 from .sentence_transformers_files import write_sentence_transformers_files
 
+# The language model's word vocabulary in a checkpoint folder: softmax row i is line i (bilm-tf's format).
+LM_VOCABULARY_FILE = "lm_vocab.txt"
 MODEL_CARDS = ("elmo-small", "elmo-medium", "elmo-original", "elmo-original-5.5b")
 
 
@@ -53,6 +57,7 @@ def convert_original_checkpoint(
     vocab_file: str | os.PathLike | None = None,
     model_card: str | None = "auto",
     cache_dir: str | os.PathLike | None = None,
+    softmax_weight_file: str | os.PathLike | None = None,
 ) -> Path:
     """
     Convert and write a complete checkpoint folder: `model.safetensors`, `config.json`, tokenizer files,
@@ -61,44 +66,134 @@ def convert_original_checkpoint(
 
     Args:
         options_file / weight_file: local paths or http(s) URLs of the original release.
-        vocab_file: optional word list whose token vectors are cached in the checkpoint (allennlp's `vocab_to_cache`).
+        vocab_file: without `softmax_weight_file`, an optional word list whose token vectors are cached in the
+            checkpoint (allennlp's `vocab_to_cache`); with it, the softmax's word vocabulary (required).
         model_card: `"auto"` (detect the official release from its shapes), one of `MODEL_CARDS`, or None (generic).
+        softmax_weight_file: the released softmax hdf5 (`softmax/W`, `softmax/b`): the folder then holds the
+            language model (`ElmoForPreTraining`) and its vocabulary (`lm_vocab.txt`).
     """
-    output_dir = Path(output_dir)
     options_path = resolve_file(options_file, cache_dir)
     weights_path = resolve_file(weight_file, cache_dir)
     options = read_options(options_path)
     config = config_from_options(options, str(options_path))
     state_dict = read_weights(weights_path, config)
-    words = read_vocab_file(vocab_file) if vocab_file is not None else None
-    if model_card == "auto":
-        model_card = official_model_card_name(config, [str(options_file), str(weight_file)])
+    language_model = None
+    if softmax_weight_file is not None:
+        if vocab_file is None:
+            raise CheckpointError(f"{softmax_weight_file}: a softmax needs --vocab-file (the softmax's word "
+                                  f"vocabulary, one word a line, <S> </S> <UNK> first)")
+        weight, bias = read_softmax(resolve_file(softmax_weight_file, cache_dir), config.projection_dim)
+        language_model = (weight, bias, read_lm_vocabulary(resolve_file(vocab_file, cache_dir), size=len(weight)))
+        cached_words = None
+    else:
+        cached_words = read_vocab_file(vocab_file) if vocab_file is not None else None
+    sources = [str(options_file), str(weight_file)]
+    return _write_checkpoint(config, state_dict, options, str(options_file), sources, weights_path, output_dir,
+                             model_card, cached_words, language_model)
 
-    model = ElmoModel(config)
+
+def convert_training_checkpoint(
+    checkpoint: str | os.PathLike,
+    vocab_file: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    options_file: str | os.PathLike | None = None,
+    model_card: str | None = "auto",
+) -> Path:
+    """
+    Convert a bilm-tf training checkpoint (TensorFlow's `model.ckpt-N.*`; needs `hf-elmo[tf]`) into a language-model
+    checkpoint folder: the biLM, the softmax both directions share, and the vocabulary `vocab_file` (bilm-tf's
+    format, `<S>` `</S>` `<UNK>` first, one word per softmax row).
+
+    Args:
+        checkpoint: the checkpoint folder (with TensorFlow's `checkpoint` file), a prefix, or one of its files.
+        options_file: bilm-tf's training `options.json`; by default the one next to the checkpoint.
+    """
+    from .checkpoints.bilm_tf_training import bilm_state_dict, find_checkpoint_prefix, read_training_checkpoint
+
+    prefix = find_checkpoint_prefix(checkpoint)
+    options_path = Path(options_file) if options_file is not None else prefix.parent / "options.json"
+    if options_file is None and not options_path.is_file():
+        raise CheckpointError(f"{prefix}: no options.json next to the checkpoint; pass --options-file")
+    options = read_options(options_path)
+    config = config_from_options(options, str(options_path))
+    training = read_training_checkpoint(prefix)
+    state_dict = bilm_state_dict(training, config)
+    n_words = training.softmax_weight.shape[0]
+    declared = options.get("n_tokens_vocab")
+    if declared is not None and int(declared) != n_words:
+        raise CheckpointError(f"{options_path}: n_tokens_vocab is {declared}, but the checkpoint's softmax has "
+                              f"{n_words} rows: the options belong to another model")
+    vocabulary = read_lm_vocabulary(vocab_file, size=n_words)
+    language_model = (training.softmax_weight, training.softmax_bias, vocabulary)
+    return _write_checkpoint(config, state_dict, options, str(options_path), [str(prefix)], None, output_dir,
+                             model_card, None, language_model)
+
+
+def _write_checkpoint(
+    config: ElmoConfig,
+    state_dict: dict[str, torch.Tensor],
+    options: dict,
+    options_source: str,
+    sources: list[str],
+    weights_path: Path | None,
+    output_dir: str | os.PathLike,
+    model_card: str | None,
+    cached_words: list[str] | None,
+    language_model: tuple[np.ndarray, np.ndarray, LMVocabulary] | None,
+) -> Path:
+    """Check the converted weights and write the folder atomically (an `ElmoForPreTraining` with `language_model`
+    `(softmax weight (V, P), bias (V,), vocabulary)`, else an `ElmoModel`)."""
+    output_dir = Path(output_dir)
+    if model_card == "auto":
+        model_card = official_model_card_name(config, sources)
+    if language_model is not None:
+        weight, bias, vocabulary = language_model
+        config.lm_vocab_size = len(vocabulary)
+        config.lm_bos_id, config.lm_eos_id, config.lm_unk_id = vocabulary.bos_id, vocabulary.eos_id, vocabulary.unk_id
+        to_save = ElmoForPreTraining(config)
+        model = to_save.elmo
+        with torch.no_grad():
+            to_save.softmax.weight.copy_(torch.from_numpy(weight))
+            to_save.softmax.bias.copy_(torch.from_numpy(bias))
+    else:
+        model = to_save = ElmoModel(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in missing if not k.startswith("char_encoder.cached_")]
     if missing or unexpected:  # a bug in the weight mapping, not in the user's files
         raise RuntimeError(f"weight mapping mismatch: missing {missing}, unexpected {unexpected}")
-    model.eval()
-    _check_outputs_are_finite(model, weights_path)
-    if words:
-        model.cache_words(words)
+    to_save.eval()
+    _check_outputs_are_finite(model, weights_path, str(weights_path) if weights_path is not None else sources[0])
+    if cached_words:
+        model.cache_words(cached_words)
     tokenizer = ElmoTokenizer(max_characters_per_token=config.max_characters_per_token)
-    text = model_card_text(config, str(options_file), options, model_card)
-    return write_checkpoint_folder(output_dir, model, tokenizer, text)
+    # Both model classes in `auto_map`, whichever is saved: remote code then loads an LM folder as the biLM alone
+    # (AutoModel) and any folder as a language model (AutoModelForPreTraining, which says when the head is missing).
+    config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModel": "modeling_elmo.ElmoModel",
+                       "AutoModelForPreTraining": "modeling_elmo.ElmoForPreTraining"}
+    text = model_card_text(config, options_source, options, model_card)
+    return write_checkpoint_folder(output_dir, to_save, tokenizer, text,
+                                   lm_vocabulary=language_model[2] if language_model is not None else None)
 
 
-def write_checkpoint_folder(output_dir: Path, model: ElmoModel, tokenizer: ElmoTokenizer, model_card: str) -> Path:
+def write_checkpoint_folder(
+    output_dir: Path,
+    model: ElmoModel | ElmoForPreTraining,
+    tokenizer: ElmoTokenizer,
+    model_card: str,
+    lm_vocabulary: LMVocabulary | None = None,
+) -> Path:
     """
-    Write model, tokenizer (both with their remote code), the sentence-transformers files and `README.md` into a
-    temporary folder next to `output_dir`, then put it in place of `output_dir`: a failure leaves any old
-    `output_dir` as it was.
+    Write model, tokenizer (both with their remote code), the sentence-transformers files, the language model's
+    vocabulary (`lm_vocab.txt`, if given) and `README.md` into a temporary folder next to `output_dir`, then put
+    it in place of `output_dir`: a failure leaves any old `output_dir` as it was.
     """
     staging = _make_staging_folder(output_dir)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_sentence_transformers_files(staging, model.config)  # the folder is a sentence-transformers model too
+        if lm_vocabulary is not None:
+            write_lm_vocabulary(staging / LM_VOCABULARY_FILE, lm_vocabulary)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
         _apply_default_permissions(staging)
         _replace_directory(staging, output_dir)
@@ -116,10 +211,11 @@ def write_checkpoint_folder(output_dir: Path, model: ElmoModel, tokenizer: ElmoT
 
 
 @torch.no_grad()
-def _check_outputs_are_finite(model: ElmoModel, weights_path: Path) -> None:
+def _check_outputs_are_finite(model: ElmoModel, weights_path: Path | None, source: str) -> None:
     """
     Finite weights can still overflow (a damaged file's 3e38s): run a probe sentence whose words hold every byte
     once, so every character embedding and every layer is used, and refuse weights whose outputs are not finite.
+    `weights_path` (a weights hdf5) names the largest weight in the error; `source` names the weights otherwise.
     """
     body = model.config.max_characters_per_token - 2
     words = []
@@ -129,11 +225,12 @@ def _check_outputs_are_finite(model: ElmoModel, weights_path: Path) -> None:
         words.append([i + 1 for i in ids])  # the tokenizer's +1 shift: 0 is "no character"
     layers = model(input_ids=torch.tensor([words]), output_hidden_states=True).hidden_states
     if not all(bool(torch.isfinite(layer).all()) for layer in layers):
-        name, value = largest_weight(weights_path, model.config)
-        raise CheckpointError(
-            f"{weights_path}: the weights overflow: a probe sentence of every character gives NaN or infinite "
-            f"outputs (the largest weight, {value:.3g}, is in dataset {name!r})"
-        )
+        where = ""
+        if weights_path is not None:
+            name, value = largest_weight(weights_path, model.config)
+            where = f" (the largest weight, {value:.3g}, is in dataset {name!r})"
+        raise CheckpointError(f"{source}: the weights overflow: a probe sentence of every character gives NaN or "
+                              f"infinite outputs{where}")
 
 
 def _make_staging_folder(output_dir: Path) -> Path:
@@ -239,4 +336,5 @@ def elmoformanylangs_model_card(config: ElmoConfig, lang) -> str:
     )
 
 
-__all__ = ["MODEL_CARDS", "convert_elmoformanylangs", "convert_original_checkpoint", "write_checkpoint_folder"]
+__all__ = ["LM_VOCABULARY_FILE", "MODEL_CARDS", "convert_elmoformanylangs", "convert_original_checkpoint",
+           "convert_training_checkpoint", "write_checkpoint_folder"]

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 from transformers.utils import ModelOutput
 
 from .configuration_elmo import ElmoConfig
+from .lm_softmax import target_log_probs
 from .lstm_elmo import (
     ElmoRuntimeOptions,
     LayerWeights,
@@ -463,6 +464,27 @@ class ElmoModel(ElmoPreTrainedModel):
         unique, inverse = torch.unique(char_ids, dim=0, return_inverse=True)
         return self.char_encoder(unique)[inverse]
 
+    def boundary_token_vectors(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Validate the inputs and return the character-CNN vectors of `<S> w1 .. wn </S>` per row, `(B, W + 2, P)`
+        (zero past each row's `</S>`), with the rows' word counts n, `(B,)` int64.
+        """
+        char_ids, word_mask = self._check_inputs(input_ids, attention_mask)
+        batch, n_words, _ = char_ids.shape
+        lengths = word_mask.sum(dim=1)
+        # Token vectors of the distinct real words and the two boundary tokens, scattered into (B, T, P).
+        real_words = char_ids[word_mask]
+        boundaries = torch.tensor(self._boundary_char_ids, dtype=torch.long, device=char_ids.device)
+        vectors = self.embed_words(torch.cat([boundaries, real_words])).to(self.char_encoder.char_embedding.weight.dtype)
+        tokens = vectors.new_zeros(batch, n_words + 2, self.config.projection_dim)
+        rows = torch.arange(batch, device=char_ids.device)
+        tokens[:, 0] = vectors[0]
+        tokens[:, 1:-1][word_mask] = vectors[2:]
+        tokens[rows, lengths + 1] = vectors[1]
+        return tokens, lengths
+
     def forward_bilm(
         self,
         input_ids: torch.Tensor | None = None,
@@ -478,23 +500,11 @@ class ElmoModel(ElmoPreTrainedModel):
         Args: as `forward`.
         """
         use_cache = bool(use_cache) or state is not None
-        char_ids, word_mask = self._check_inputs(input_ids, attention_mask)
-        batch, n_words, _ = char_ids.shape
-        dtype = self.char_encoder.char_embedding.weight.dtype
-        lengths = word_mask.sum(dim=1)
+        tokens, lengths = self.boundary_token_vectors(input_ids, attention_mask)
+        batch, n_words = tokens.shape[0], tokens.shape[1] - 2
         if state is not None:
             state = self._check_state(state, batch)
-
-        # Token vectors of the distinct real words and the two boundary tokens, scattered into (B, T, P).
-        real_words = char_ids[word_mask]
-        boundaries = torch.tensor(self._boundary_char_ids, dtype=torch.long, device=char_ids.device)
-        vectors = self.embed_words(torch.cat([boundaries, real_words])).to(dtype)
-        tokens = vectors.new_zeros(batch, n_words + 2, self.config.projection_dim)
-        rows = torch.arange(batch, device=char_ids.device)
-        tokens[:, 0] = vectors[0]
-        tokens[:, 1:-1][word_mask] = vectors[2:]
-        tokens[rows, lengths + 1] = vectors[1]
-        positions = torch.arange(n_words + 2, device=char_ids.device)
+        positions = torch.arange(n_words + 2, device=tokens.device)
         mask = positions[None, :] < (lengths + 2)[:, None]
 
         if batch == 0:  # nothing to run: empty outputs of the right widths
@@ -611,6 +621,158 @@ class ElmoModel(ElmoPreTrainedModel):
         if not (torch.isfinite(h).all() and torch.isfinite(c).all()):
             raise ValueError("state holds non-finite values (NaN or infinity)")
         return h.to(self.device), c.to(self.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The language model: the biLM with its softmax, bilm-tf's training objective and streaming protocol.
+class ElmoNoLMHeadError(ValueError):
+    """The checkpoint has no softmax (`lm_vocab_size` 0): it embeds, but it cannot score or predict words."""
+
+
+@dataclass
+class ElmoForPreTrainingOutput(ModelOutput):
+    r"""
+    The biLM as a language model. Column j (0 <= j <= n for an n-word row; the row's `W + 1` columns hold n + 1
+    predictions per direction) pairs:
+
+    - the forward LM after reading `<S> w1 .. wj`, predicting `w(j+1)` (`</S>` at j = n);
+    - the backward LM after reading `</S> wn .. w(j+1)`, predicting `wj` (`<S>` at j = 0).
+
+    loss (`torch.FloatTensor` of shape `()`, with `labels`):
+        bilm-tf's `total_loss`: the mean over predictions of `0.5 * (forward + backward)` negative log-likelihood
+        (full softmax).
+    forward_nll / backward_nll (`torch.FloatTensor` of shape `(batch, words + 1)`, with `labels`):
+        `-log p(target)` per column, zero where `prediction_mask` is False.
+    prediction_mask (`torch.BoolTensor` of shape `(batch, words + 1)`):
+        True at the columns that predict something (and, with `labels`, whose targets are not -100).
+    forward_hidden / backward_hidden (`torch.FloatTensor` of shape `(batch, words + 1, projection_dim)`):
+        The top LSTM outputs that the softmax reads, per column; zero past each row's n + 1 columns.
+    state (`tuple(torch.FloatTensor)`, with `use_cache=True`):
+        `(h, c)` as `ElmoModelOutput.state`, but in bilm-tf's streaming protocol: the forward LM's state after
+        `wn` and the backward LM's after `w1` (neither reads the other boundary), so feeding it back as `state=`
+        continues each row's stream of sentences exactly as bilm-tf's `test()` does.
+    """
+
+    loss: torch.FloatTensor | None = None
+    forward_nll: torch.FloatTensor | None = None
+    backward_nll: torch.FloatTensor | None = None
+    prediction_mask: torch.BoolTensor | None = None
+    forward_hidden: torch.FloatTensor | None = None
+    backward_hidden: torch.FloatTensor | None = None
+    state: tuple[torch.FloatTensor, torch.FloatTensor] | None = None
+
+
+class ElmoForPreTraining(ElmoPreTrainedModel):
+    """
+    ELMo's biLM with the softmax its two directions share (`softmax`: `Linear(projection_dim, lm_vocab_size)`, row
+    i = word i of the folder's `lm_vocab.txt`), as bilm-tf trains it. `self.elmo` is a complete `ElmoModel`, so an
+    LM checkpoint also loads with `AutoModel`, and a checkpoint without a softmax loads here (`softmax` is None and
+    scoring raises `ElmoNoLMHeadError`).
+
+    The softmax is never applied to a whole batch at once: `lm_softmax` walks the vocabulary in chunks (the
+    Original model's has 793,471 words).
+    """
+
+    def __init__(self, config: ElmoConfig):
+        super().__init__(config)
+        self.elmo = ElmoModel(config)
+        self.softmax = nn.Linear(config.projection_dim, config.lm_vocab_size) if config.lm_vocab_size else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.elmo.get_input_embeddings()
+
+    def softmax_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared softmax's `(weight (V, P), bias (V,))`; `ElmoNoLMHeadError` for a checkpoint without one."""
+        if self.softmax is None:
+            raise ElmoNoLMHeadError(
+                "this checkpoint has no language-model head (no softmax; lm_vocab_size is 0): it computes ELMo "
+                "vectors, but scoring or predicting words needs a checkpoint converted with --softmax-weight-file "
+                "or --tf-checkpoint (and the softmax's --vocab-file)"
+            )
+        return self.softmax.weight, self.softmax.bias
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ElmoForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            input_ids / attention_mask: as `ElmoModel.forward`: `(B, W, C)` character ids, `(B, W)` mask.
+            labels: `(B, W)` softmax rows of the words (`<UNK>`'s for words outside the vocabulary; -100 to leave
+                a word out as a target); the model adds `</S>` (forward) and `<S>` (backward) targets itself.
+            state: a previous call's `output.state`: row i continues row i's stream (bilm-tf's `test()`).
+            use_cache: return the final state (streaming protocol, see `ElmoForPreTrainingOutput.state`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = bool(use_cache) or state is not None
+        elmo = self.elmo
+        tokens, lengths = elmo.boundary_token_vectors(input_ids, attention_mask)
+        batch, columns = tokens.shape[0], tokens.shape[1] - 1
+        if state is not None:
+            state = elmo._check_state(state, batch)
+        column = torch.arange(columns, device=tokens.device)
+        mask = column[None, :] <= lengths[:, None]
+        # The forward LM reads <S> w1 .. wn (the first n + 1 boundary positions); the backward LM reads
+        # </S> wn .. w1: reading step r is boundary position n + 1 - r, and its output belongs to column n - r.
+        reverse = (lengths[:, None] - column[None, :]).clamp(min=0)  # (B, W + 1): column j <-> reading step n - j
+        backward_inputs = tokens.gather(1, (reverse + 1)[..., None].expand(-1, -1, tokens.shape[-1]))
+        if batch == 0:
+            top = tokens.new_zeros(0, columns, self.config.output_dim)
+            final_state = elmo._zero_state(0, tokens) if use_cache else None
+        else:
+            outputs, final_state = elmo.encoder(tokens[:, :columns], lengths + 1, state, return_state=use_cache,
+                                                backward_inputs=backward_inputs)
+            top = outputs[-1]
+        projection = self.config.projection_dim
+        keep = mask[..., None].to(top.dtype)
+        forward_hidden = top[..., :projection]
+        backward_hidden = top[..., projection:].gather(1, reverse[..., None].expand(-1, -1, projection)) * keep
+
+        loss = forward_nll = backward_nll = None
+        if labels is not None:
+            forward_nll, backward_nll, loss = self._negative_log_likelihoods(
+                forward_hidden, backward_hidden, labels, mask, lengths)
+        output = ElmoForPreTrainingOutput(loss=loss, forward_nll=forward_nll, backward_nll=backward_nll,
+                                          prediction_mask=mask, forward_hidden=forward_hidden,
+                                          backward_hidden=backward_hidden, state=final_state)
+        return output if return_dict else output.to_tuple()
+
+    def _negative_log_likelihoods(
+        self, forward_hidden: torch.Tensor, backward_hidden: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Per-column NLLs `(B, W + 1)` of both directions (zero where nothing is scored) and bilm-tf's loss:
+        `0.5 * (mean forward NLL + mean backward NLL)`, each mean over that direction's scored columns.
+        """
+        weight, bias = self.softmax_parameters()
+        batch, columns = mask.shape
+        if not torch.is_tensor(labels) or tuple(labels.shape) != (batch, columns - 1):
+            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise ValueError(f"labels must be a (batch, words) = {(batch, columns - 1)} tensor of softmax rows, "
+                             f"got {shape}")
+        labels = labels.to(device=mask.device, dtype=torch.long)
+        rows = torch.arange(batch, device=mask.device)
+        ignore = torch.full((batch, 1), -100, dtype=torch.long, device=mask.device)
+        forward_targets = torch.cat([labels, ignore], dim=1)
+        forward_targets[rows, lengths] = self.config.lm_eos_id
+        backward_targets = torch.cat([ignore, labels], dim=1)
+        backward_targets[:, 0] = self.config.lm_bos_id
+        scored = torch.stack([mask & (forward_targets != -100), mask & (backward_targets != -100)])  # (2, B, W + 1)
+        hidden = torch.stack([forward_hidden, backward_hidden])
+        targets = torch.stack([forward_targets, backward_targets])
+        # Both directions in one pass over the vocabulary: the softmax weight is read once, in larger GEMMs.
+        nll = hidden.new_zeros(scored.shape, dtype=torch.promote_types(hidden.dtype, torch.float32))
+        nll[scored] = -target_log_probs(hidden[scored], weight, bias, targets[scored])
+        means = nll.sum(dim=(1, 2)) / scored.sum(dim=(1, 2)).clamp(min=1)
+        return nll[0], nll[1], 0.5 * means.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -738,4 +900,5 @@ class ElmoForSequenceClassification(ElmoTaskHeadModel):
 
 
 __all__ = ["ElmoBiLmOutput", "ElmoModel", "ElmoModelOutput", "ElmoPreTrainedModel"]
-__all__ += ["ElmoForSequenceClassification", "ElmoForTokenClassification"]
+__all__ += ["ElmoForPreTraining", "ElmoForPreTrainingOutput", "ElmoForSequenceClassification",
+            "ElmoForTokenClassification", "ElmoNoLMHeadError"]

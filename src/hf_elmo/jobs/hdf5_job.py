@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -464,20 +464,13 @@ def dump_token_embeddings(
     ELMoForManyLangs models, words are encoded with the checkpoint's own tables, boundaries `<bos>` / `<eos>`).
     """
     import h5py
-    from tqdm.auto import tqdm
 
     output_file = Path(output_file)
-    tokenizer = default_tokenizer(model)
-    device = model.device
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as hdf5:
-            dataset = hdf5.create_dataset("embedding", (len(words), model.config.projection_dim), dtype="float32")
-            for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
-                chunk = words[start : start + batch_size]
-                ids = torch.tensor(tokenizer.encode_words(chunk), dtype=torch.long, device=device)
-                dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
+            write_token_embeddings(model, words, hdf5, "embedding", batch_size)
         os.replace(tmp_name, output_file)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -485,5 +478,19 @@ def dump_token_embeddings(
     return output_file
 
 
+def write_token_embeddings(model: "ElmoModel", words: list[str], hdf5: Any, name: str, batch_size: int = 4096) -> None:
+    """Create dataset `name` in the open h5py file: float32 `(len(words), projection_dim)`, the context-free token
+    vector of each word, computed `batch_size` words at a time (with a progress bar). Words are encoded with the
+    model's own tokenizer (`default_tokenizer`: ELMoForManyLangs models have their own tables)."""
+    from tqdm.auto import tqdm
+
+    tokenizer = default_tokenizer(model)
+    dataset = hdf5.create_dataset(name, (len(words), model.config.projection_dim), dtype="float32")
+    for start in tqdm(range(0, len(words), batch_size), desc="token embeddings", unit="batch"):
+        chunk = words[start : start + batch_size]
+        ids = torch.tensor(tokenizer.encode_words(chunk), dtype=torch.long, device=model.device)
+        dataset[start : start + len(chunk)] = model.embed_words(ids).float().cpu().numpy()
+
+
 __all__ = ["DEFAULT_BATCH_SIZE", "EmbedError", "EmbedSummary", "OUTPUT_FORMATS", "dump_token_embeddings",
-           "embed_file", "split_line", "work_dir_for"]
+           "embed_file", "split_line", "work_dir_for", "write_token_embeddings"]
