@@ -406,7 +406,7 @@ def test_bad_conversions_are_one_line_errors(softmax_file, tmp_path, capsys):
         ([*base, "--softmax-weight-file", softmax_file], "needs --vocab-file"),
         ([*base, "--tf-checkpoint", LM_FIXTURE / "ckpt", "--vocab-file", TRAIN / "vocab.txt"],
          "--tf-checkpoint holds the weights and the softmax"),
-        (["convert", "--output-dir", tmp_path / "out"], "--options-file and --weight-file (or --tf-checkpoint)"),
+        (["convert", "--output-dir", tmp_path / "out"], "--options-file and --weight-file (or --tf-checkpoint, or --elmoformanylangs)"),
     ]
     for args, message in cases:
         code, _, err = run_cli(args, capsys)
