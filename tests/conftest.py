@@ -1,15 +1,16 @@
 """Shared fixtures: bilm-tf's tiny model converted, a random tiny model with skip connections, and the fixture
-model loaded. Plain helpers (paths, `tiny_config`, `write_random_checkpoint`, `run_alone`) are in helpers.py."""
+model loaded, bilm-tf's LM numbers. Plain helpers (paths, `tiny_config`, `write_random_checkpoint`, `run_alone`) are in helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoModel
 
 import hf_elmo  # noqa: F401  (registers the Auto classes)
-from helpers import FIXTURE_OPTIONS, FIXTURE_WEIGHTS, options_json, tiny_config, write_random_checkpoint
+from helpers import FIXTURE_OPTIONS, FIXTURE_WEIGHTS, LM_FIXTURE, options_json, tiny_config, write_random_checkpoint
 from hf_elmo.conversion import convert_original_checkpoint
 from hf_elmo.tokenization_elmo import ElmoTokenizer
 
@@ -39,3 +40,10 @@ def fixture_model(converted_fixture):
 def elmo_tokenizer() -> ElmoTokenizer:
     """The default `ElmoTokenizer` (50 characters per word, Moses rules for raw text): every test model's."""
     return ElmoTokenizer()
+
+
+@pytest.fixture(scope="session")
+def lm_ref() -> dict[str, np.ndarray]:
+    """bilm-tf's own LM numbers on its training checkpoint (`tests/fixtures/bilm-tf-lm/lm_ref.npz`, keys in its README)."""
+    with np.load(LM_FIXTURE / "lm_ref.npz") as npz:
+        return dict(npz)

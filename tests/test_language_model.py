@@ -40,12 +40,6 @@ TEST_PERPLEXITY = json.loads((LM_FIXTURE / "test_ppl.json").read_text())["perple
 
 
 @pytest.fixture(scope="module")
-def lm_ref() -> dict[str, np.ndarray]:
-    with np.load(LM_FIXTURE / "lm_ref.npz") as npz:
-        return dict(npz)
-
-
-@pytest.fixture(scope="module")
 def softmax_file(lm_ref, tmp_path_factory) -> Path:
     """The checkpoint's softmax in the released hdf5 layout (TensorFlow's values, from lm_ref)."""
     return write_softmax(tmp_path_factory.mktemp("softmax") / "softmax.hdf5", lm_ref["softmax_W"], lm_ref["softmax_b"])

@@ -43,12 +43,6 @@ TRAIN_VOCAB = Path(__file__).parent / "fixtures" / "bilm-tf" / "train" / "vocab.
 
 
 @pytest.fixture(scope="module")
-def lm_ref() -> dict[str, np.ndarray]:
-    with np.load(LM_FIXTURE / "lm_ref.npz") as npz:
-        return dict(npz)
-
-
-@pytest.fixture(scope="module")
 def training_checkpoint():
     pytest.importorskip("tensorflow", reason='reading TF training checkpoints needs pip install "hf-elmo[tf]"')
     return read_training_checkpoint(CKPT_DIR)

@@ -21,12 +21,6 @@ LM_REF = Path(__file__).parent / "fixtures" / "bilm-tf-lm" / "lm_ref.npz"
 MAX_LOGITS = [5, 15, 100, 10**9]
 
 
-@pytest.fixture(scope="module")
-def lm_ref() -> dict[str, np.ndarray]:
-    with np.load(LM_REF) as npz:
-        return dict(npz)
-
-
 def random_softmax(seed: int, n: int = 5, vocabulary: int = 97, width: int = 8):
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, width, generator=generator, dtype=torch.float64) * 2

@@ -46,12 +46,6 @@ MAX_CHARACTERS = 10  # the bilm-tf-lm model's max_characters_per_token
 
 
 @pytest.fixture(scope="module")
-def lm_ref() -> dict[str, np.ndarray]:
-    with np.load(LM_FIXTURE / "lm_ref.npz") as npz:
-        return dict(npz)
-
-
-@pytest.fixture(scope="module")
 def vocabulary():
     return read_lm_vocabulary(TRAIN_VOCAB)
 
