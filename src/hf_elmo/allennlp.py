@@ -37,7 +37,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic_files import atomic_output
 from .download import default_cache_dir, resolve_file
 from .modeling_elmo import ElmoModel, ElmoScalarMix
 from .tokenization_elmo import word_to_char_ids
@@ -375,27 +375,18 @@ class ElmoEmbedder:
                     raise ValueError(f"{name}: line {i} repeats line {seen[sentence]}; with use_sentence_keys "
                                      "every sentence must be unique")
                 seen[sentence] = i
-        output_file_path = Path(output_file_path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output_file_path.name}.", suffix=".tmp",
-                                   dir=output_file_path.parent if str(output_file_path.parent) else ".")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as out:
-                vectors = self.embed_sentences((s.split() for s in sentences), batch_size)
-                for index, embeddings in enumerate(tqdm(vectors, total=len(sentences), unit=" sentences")):
-                    key = sentences[index] if use_sentence_keys else str(index)
-                    if output_format == "top":
-                        embeddings = embeddings[-1]
-                    elif output_format == "average":
-                        embeddings = np.average(embeddings, axis=0)
-                    out.create_dataset(key, embeddings.shape, dtype="float32", data=embeddings)
-                if not forget_sentences and not use_sentence_keys:
-                    dataset = out.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
-                    dataset[0] = json.dumps({sentence: str(i) for i, sentence in enumerate(sentences)})
-            os.replace(tmp, output_file_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(Path(output_file_path)) as tmp, h5py.File(tmp, "w") as out:
+            vectors = self.embed_sentences((s.split() for s in sentences), batch_size)
+            for index, embeddings in enumerate(tqdm(vectors, total=len(sentences), unit=" sentences")):
+                key = sentences[index] if use_sentence_keys else str(index)
+                if output_format == "top":
+                    embeddings = embeddings[-1]
+                elif output_format == "average":
+                    embeddings = np.average(embeddings, axis=0)
+                out.create_dataset(key, embeddings.shape, dtype="float32", data=embeddings)
+            if not forget_sentences and not use_sentence_keys:
+                dataset = out.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
+                dataset[0] = json.dumps({sentence: str(i) for i, sentence in enumerate(sentences)})
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Elmo", "ElmoEmbedder", "RowStates", "_ElmoBiLm", "batch_to_ids",

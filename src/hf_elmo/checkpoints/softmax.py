@@ -20,15 +20,13 @@ lines; words outside the vocabulary are `<UNK>` as targets.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from ..atomic_files import atomic_output
 from . import CheckpointError
 
 SOFTMAX_WEIGHT = "softmax/W"
@@ -37,26 +35,6 @@ BOS, EOS, UNK = "<S>", "</S>", "<UNK>"
 SPECIAL_WORDS = (BOS, EOS, UNK)
 # lm_1b's vocabulary files may carry this bookkeeping line; bilm-tf (after lm_1b) skips it without giving it an id.
 MAX_TERM_ID_MARKER = "!!!MAXTERMID"
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[str]:
-    """
-    A temporary file next to `path` for the block to write; moved onto `path` when the block succeeds, removed when
-    it fails, so `path` is never half written. The file gets the permissions of any file the user creates.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        yield tmp_name
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's files are private (0600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def read_softmax(path: str | os.PathLike, projection_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from ..atomic_files import atomic_output
 from ..tokenization_elmo import ElmoTokenizer
 from .core import default_tokenizer, model_fingerprint
 
@@ -466,15 +466,8 @@ def dump_token_embeddings(
     import h5py
 
     output_file = Path(output_file)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_file.name}.", suffix=".tmp", dir=output_file.parent or ".")
-    os.close(fd)
-    try:
-        with h5py.File(tmp_name, "w") as hdf5:
-            write_token_embeddings(model, words, hdf5, "embedding", batch_size)
-        os.replace(tmp_name, output_file)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(output_file) as tmp_name, h5py.File(tmp_name, "w") as hdf5:
+        write_token_embeddings(model, words, hdf5, "embedding", batch_size)
     return output_file
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints.softmax import SOFTMAX_BIAS, SOFTMAX_WEIGHT, LMVocabulary, atomic_output, read_lm_vocabulary
+from ..atomic_files import atomic_output
+from ..checkpoints.softmax import SOFTMAX_BIAS, SOFTMAX_WEIGHT, LMVocabulary, read_lm_vocabulary
 from ..lm_softmax import sample_ids, top_k_log_probs
 from ..modeling_elmo import ElmoForPreTraining, ElmoNoLMHeadError
 from ..tokenization_elmo import ElmoTokenizer
