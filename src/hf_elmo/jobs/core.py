@@ -136,6 +136,23 @@ def check_representation(representation: str, pooling: str | None) -> None:
         raise ValueError(f"pooling must be None or 'mean', got {pooling!r}")
 
 
+def check_job_options(representation: str, pooling: str | None, batch_size: int, sort_window: int) -> None:
+    """The options every embedding job takes: `check_representation`, and `1 <= batch_size <= sort_window`."""
+    check_representation(representation, pooling)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if sort_window < batch_size:
+        raise ValueError(f"sort_window ({sort_window}) must be at least batch_size ({batch_size})")
+
+
+def check_loaded_model(model: Any, dtype: torch.dtype | None) -> None:
+    """A model given to a job as an object (not a path or id) must be an ELMo model, and takes no `dtype`."""
+    if getattr(getattr(model, "config", None), "model_type", None) != "elmo":
+        raise ValueError(f"model must be an ELMo checkpoint (path, Hub id or ElmoModel), got {type(model).__name__}")
+    if dtype is not None:
+        raise ValueError("dtype applies to a model given as a path or Hub id; convert a loaded model yourself")
+
+
 def select_representation(outputs: Any, representation: str) -> torch.Tensor:
     """
     The requested vectors from an `ElmoModelOutput`:
@@ -250,6 +267,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 __all__ = [
     "DEFAULT_OUTPUT_COLUMN", "POOLINGS", "REPRESENTATIONS", "Pooling", "Representation", "architecture",
-    "check_representation", "embed_word_lists", "load_model", "masked_mean", "model_fingerprint",
+    "check_job_options", "check_loaded_model", "check_representation", "embed_word_lists", "load_model", "masked_mean", "model_fingerprint",
     "default_tokenizer", "quiet_weight_progress", "read_vocab_file", "select_representation",
 ]

@@ -60,8 +60,8 @@ import torch
 
 from ..tokenization_elmo import ElmoTokenizer
 from .core import (
-    DEFAULT_OUTPUT_COLUMN, Pooling, Representation, check_representation, default_tokenizer, embed_word_lists,
-    load_model, model_fingerprint,
+    DEFAULT_OUTPUT_COLUMN, Pooling, Representation, check_job_options, check_loaded_model, check_representation,
+    default_tokenizer, embed_word_lists, load_model, model_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -286,11 +286,7 @@ def embed_dataset(
         })
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}")
-    check_representation(representation, pooling)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if sort_window < batch_size:
-        raise ValueError(f"sort_window ({sort_window}) must be at least batch_size ({batch_size})")
+    check_job_options(representation, pooling, batch_size, sort_window)
     if num_proc is not None and num_proc < 1:
         raise ValueError(f"num_proc must be None or at least 1, got {num_proc}")
     num_proc = num_proc if num_proc and num_proc > 1 else None
@@ -311,11 +307,7 @@ def embed_dataset(
         loaded = load_model(model, dtype=dtype, device="cuda:0" if on_gpu else None)
     else:
         loaded = model
-        if getattr(getattr(loaded, "config", None), "model_type", None) != "elmo":
-            raise ValueError(f"model must be an ELMo checkpoint (path, Hub id or ElmoModel), got "
-                             f"{type(model).__name__}")
-        if dtype is not None:
-            raise ValueError("dtype applies to a model given as a path or Hub id; convert a loaded model yourself")
+        check_loaded_model(loaded, dtype)
     loaded.eval()
     if tokenizer is None:
         tokenizer = default_tokenizer(loaded)

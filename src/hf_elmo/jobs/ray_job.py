@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from .core import (
-    DEFAULT_OUTPUT_COLUMN, Pooling, Representation, check_representation, default_tokenizer, embed_word_lists,
-    load_model,
+    DEFAULT_OUTPUT_COLUMN, Pooling, Representation, check_job_options, check_loaded_model, default_tokenizer,
+    embed_word_lists, load_model,
 )
 
 if TYPE_CHECKING:
@@ -128,11 +128,7 @@ def embed_ray_dataset(
     """
     import ray.data
 
-    check_representation(representation, pooling)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if sort_window < batch_size:
-        raise ValueError(f"sort_window ({sort_window}) must be at least batch_size ({batch_size})")
+    check_job_options(representation, pooling, batch_size, sort_window)
     if num_gpus < 0:
         raise ValueError(f"num_gpus must be 0 or more, got {num_gpus}")
     if isinstance(concurrency, int):
@@ -153,11 +149,7 @@ def embed_ray_dataset(
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
-        if getattr(getattr(model, "config", None), "model_type", None) != "elmo":
-            raise ValueError(f"model must be an ELMo checkpoint (path, Hub id or ElmoModel), got "
-                             f"{type(model).__name__}")
-        if dtype is not None:
-            raise ValueError("dtype applies to a model given as a path or Hub id; convert a loaded model yourself")
+        check_loaded_model(model, dtype)
     # Ray Data's actor pools restart dead actors and retry their tasks without limit by default (max_restarts=-1,
     # max_task_retries=-1; passing them is deprecated in Ray 2.60), which is what makes a lost actor harmless.
     return dataset.map_batches(
