@@ -107,11 +107,10 @@ def run_embed(args: argparse.Namespace) -> None:
     model = load_model(args.model, dtype=dtype, device=args.device)
     split_words = None
     if args.raw_text:
-        from .tokenization_elmo import ElmoManyLangsTokenizer, ElmoTokenizer
+        from transformers import AutoTokenizer
 
-        # ELMoForManyLangs checkpoints carry their own tokenizer (character table, word segmenter such as jieba).
-        own_table = getattr(model.config, "boundary_char_ids", None) is not None
-        split_words = (ElmoManyLangsTokenizer if own_table else ElmoTokenizer).from_pretrained(args.model).split_words
+        # The checkpoint's own tokenizer class and settings (ELMoForManyLangs: its word segmenter, such as jieba).
+        split_words = AutoTokenizer.from_pretrained(args.model).split_words
     summary = embed_file(
         model, args.input_file, args.output_file, output_format=args.output_format, batch_size=args.batch_size,
         use_sentence_keys=args.use_sentence_keys, forget_sentences=args.forget_sentences, split_words=split_words,
