@@ -416,14 +416,20 @@ def test_tf_checkpoint_without_tensorflow_names_the_extra(monkeypatch, tmp_path,
     assert code == 2 and 'pip install "hf-elmo[tf]"' in err and not (tmp_path / "out").exists()
 
 
-def test_tf_checkpoint_converts_to_the_same_language_model(lm_folder, tmp_path, capsys):
-    pytest.importorskip("tensorflow", reason='reading TF training checkpoints needs pip install "hf-elmo[tf]"')
+def assert_tf_checkpoint_converts_to(lm_folder, tmp_path, capsys) -> None:
+    """`hf-elmo convert --tf-checkpoint` of the fixture gives exactly the weights of `lm_folder` (converted from
+    bilm-tf's dump_weights output and softmax)."""
     code, _, err = run_cli(["convert", "--tf-checkpoint", LM_FIXTURE / "ckpt", "--vocab-file", TRAIN / "vocab.txt",
                             "--output-dir", tmp_path / "out"], capsys)
     assert code == 0, err
     ours = AutoModelForPreTraining.from_pretrained(tmp_path / "out").state_dict()
     expected = AutoModelForPreTraining.from_pretrained(lm_folder).state_dict()
     assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in ours)
+
+
+def test_tf_checkpoint_converts_to_the_same_language_model(lm_folder, tmp_path, capsys):
+    pytest.importorskip("tensorflow", reason='reading TF training checkpoints needs pip install "hf-elmo[tf]"')
+    assert_tf_checkpoint_converts_to(lm_folder, tmp_path, capsys)
 
 
 @pytest.fixture
@@ -442,12 +448,7 @@ def tensorflow_reader_replaced_by_lm_ref(monkeypatch, lm_ref):
 
 def test_training_checkpoint_conversion_around_the_reader(tensorflow_reader_replaced_by_lm_ref, lm_folder, tmp_path,
                                                           capsys):
-    code, _, err = run_cli(["convert", "--tf-checkpoint", LM_FIXTURE / "ckpt", "--vocab-file", TRAIN / "vocab.txt",
-                            "--output-dir", tmp_path / "out"], capsys)
-    assert code == 0, err
-    ours = AutoModelForPreTraining.from_pretrained(tmp_path / "out").state_dict()
-    expected = AutoModelForPreTraining.from_pretrained(lm_folder).state_dict()
-    assert ours.keys() == expected.keys() and all(torch.equal(ours[k], expected[k]) for k in ours)
+    assert_tf_checkpoint_converts_to(lm_folder, tmp_path, capsys)
     capsys.readouterr()
     # Training options whose n_tokens_vocab disagrees with the softmax: named, nothing written.
     options = json.loads((LM_FIXTURE / "ckpt" / "options.json").read_text())
