@@ -374,11 +374,15 @@ class ElmoPreTrainedModel(PreTrainedModel):
         runtime = {name: kwargs.pop(name) for name in ElmoRuntimeOptions.names() if name in kwargs}
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        for module in model.modules():
-            if isinstance(module, ElmoScalarMix):
-                module.freeze_if_fixed()  # loading re-creates parameters trainable
+        model.apply_frozen_parameters()  # loading re-creates every parameter trainable
         model.set_runtime_options(**runtime)
         return loaded
+
+    def apply_frozen_parameters(self) -> None:
+        """Mark untrainable what the config fixes: fixed scalar-mix weights (heads add a frozen biLM)."""
+        for module in self.modules():
+            if isinstance(module, ElmoScalarMix):
+                module.freeze_if_fixed()
 
     def set_runtime_options(self, **options) -> None:
         """
@@ -797,23 +801,17 @@ class ElmoTaskHeadModel(ElmoPreTrainedModel):
         self.classifier = nn.Linear(config.output_dim, config.num_labels)
         self.post_init()
 
-    def apply_bilm_freezing(self) -> None:
-        """`requires_grad` of the character CNN and the LSTMs from `config.freeze_bilm`; the mix is untouched."""
+    def apply_frozen_parameters(self) -> None:
+        """As `ElmoPreTrainedModel`'s, and the character CNN and LSTMs trainable only when `config.freeze_bilm` is
+        false; the mix is untouched."""
+        super().apply_frozen_parameters()
         trainable = not self.config.freeze_bilm
         for module in (self.elmo.char_encoder, self.elmo.encoder):
             module.requires_grad_(trainable)
 
     def post_init(self) -> None:
         super().post_init()
-        self.apply_bilm_freezing()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As `ElmoPreTrainedModel.from_pretrained`; the biLM frozen again after loading (loading re-creates the
-        parameters trainable)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_bilm_freezing()
-        return loaded
+        self.apply_frozen_parameters()
 
     def forward(
         self,
