@@ -27,7 +27,7 @@ from hf_elmo.training.data import (
     LMSentenceDataset,
     LMStreamDataset,
 )
-from hf_elmo.training.sampled_softmax import (
+from hf_elmo.lm_softmax import (
     expected_counts,
     log_uniform_draws,
     log_uniform_probabilities,

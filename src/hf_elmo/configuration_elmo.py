@@ -50,6 +50,9 @@ class ElmoConfig(PretrainedConfig):
             checkpoint without the LM head. The words themselves are in the folder's `lm_vocab.txt`.
         lm_bos_id / lm_eos_id / lm_unk_id: Softmax rows of `<S>`, `</S>` and `<UNK>` (bilm-tf vocabularies start
             with these three).
+        dropout: The language model's training dropout (bilm-tf's `options.dropout`, 0.1 in its `train_elmo.py`):
+            `ElmoForPreTraining` in train mode drops each LSTM layer's input and the top layer's output before the
+            softmax. Nothing else uses it (`ElmoModel` never drops inside the biLM).
 
     How the model runs (prepacked CPU weights, the LSTM backend, chunk sizes) is not configuration: see
     `ElmoRuntimeOptions`, given to `from_pretrained` as keywords or to `model.set_runtime_options`.
@@ -84,6 +87,7 @@ class ElmoConfig(PretrainedConfig):
         lm_bos_id: int = 0,
         lm_eos_id: int = 1,
         lm_unk_id: int = 2,
+        dropout: float = 0.1,
         **kwargs,
     ):
         self.char_embedding_dim = char_embedding_dim
@@ -109,6 +113,7 @@ class ElmoConfig(PretrainedConfig):
         self.freeze_bilm = bool(freeze_bilm)
         self.lm_vocab_size = lm_vocab_size
         self.lm_bos_id, self.lm_eos_id, self.lm_unk_id = lm_bos_id, lm_eos_id, lm_unk_id
+        self.dropout = dropout
         # Checkpoints converted by hf-elmo 0.1 stored this runtime setting here; it is no longer configuration.
         kwargs.pop("prepack_cpu_weights", None)
         super().__init__(**kwargs)
@@ -126,6 +131,8 @@ class ElmoConfig(PretrainedConfig):
         for name in ("char_embedding_dim", "lstm_dim", "projection_dim", "num_hidden_layers", "num_characters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_highway_layers < 0 or self.num_cached_words < 0:
             raise ValueError("num_highway_layers and num_cached_words must not be negative")
         if self.lm_vocab_size < 0:

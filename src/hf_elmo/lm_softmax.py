@@ -6,12 +6,19 @@ vocabulary) would not fit in memory, so every function here walks the vocabulary
 logits at a time and keeps only per-token running results (a log-sum-exp, the target's logit, a top-k, a sampled
 id). The results equal a full `log_softmax` (the chunks only reorder a sum of exponentials).
 
+Training uses a sampled softmax instead (`sampled_softmax_loss`, the second part of this file): bilm-tf's
+objective, which reads only the rows of the targets and of a few thousand sampled candidates.
+
 Travels as remote code with modeling_elmo.py: it imports only torch.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 # Logits held at once (tokens x vocabulary chunk) when `max_logits` is not given: 2**24 float32 logits are 64 MiB.
 DEFAULT_MAX_LOGITS = 2**24
@@ -173,5 +180,176 @@ def sample_ids(
         best_ids = torch.where(better, positions + start, best_ids)
     return best_ids
 
+# ---------------------------------------------------------------------------------------------------- sampled softmax
+# Sampled softmax exactly as bilm-tf trains with it: TensorFlow's `tf.nn.sampled_softmax_loss` with its default
+# candidate sampler, in PyTorch.
+#
+# bilm-tf (`bilm/training.py`, `LanguageModel._build_loss`) calls, once per direction,
+# `tf.nn.sampled_softmax_loss(softmax_W, softmax_b, next_token_id_flat, lstm_output_flat, n_negative_samples_batch,
+# n_tokens_vocab, num_true=1)`, so TensorFlow's defaults apply: `log_uniform_candidate_sampler(unique=True,
+# range_max=n_tokens_vocab)` draws `n_negative_samples_batch` distinct candidates shared by every row of the batch
+# (batch_size * unroll_steps rows), `remove_accidental_hits=True`, and the logits have the log of each class's
+# expected count subtracted. Each direction draws its own candidates (two calls). The vocabulary being sorted by
+# descending frequency is what makes the log-uniform (Zipfian) proposal a good one.
+#
+# Facts from TensorFlow's source (`core/kernels/range_sampler.cc`, `python/ops/nn_impl.py::_compute_sampled_logits`):
+#
+# - one draw: `floor(exp(u * log(V + 1))) - 1` with `u` uniform in [0, 1) (double precision), modulo V; class k
+#   has probability `P(k) = log((k + 2) / (k + 1)) / log(V + 1)` (computed in double, returned as float32);
+# - unique sampling draws until `num_sampled` distinct values came up, counting the draws (`num_tries`), and keeps
+#   the distinct values in the order they first came up;
+# - expected count of class k (for the sampled ids and the true labels alike): `P(k) * num_sampled` when
+#   `num_tries == num_sampled`, otherwise `1 - (1 - P(k)) ** num_tries`, computed as
+#   `-expm1(num_tries * log1p(-P(k)))` in float32;
+# - logits: true `h . W[y] + b[y] - log(expected(y))`, sampled `h . W[s] + b[s] - log(expected(s))`, a sampled
+#   candidate equal to the row's label gets `-FLT_MAX` added (an "accidental hit"); the loss of a row is the
+#   softmax cross entropy with the true logit as the one label: `logsumexp([true, sampled...]) - true`.
 
-__all__ = ["CPU_MAX_LOGITS", "DEFAULT_MAX_LOGITS", "log_normalizer", "sample_ids", "target_log_probs", "top_k_log_probs"]
+
+@dataclass(frozen=True)
+class SampledCandidates:
+    """
+    One draw of the log-uniform candidate sampler (TensorFlow's `sampled_values` triple, plus `num_tries`).
+
+    ids: `(S,)` int64, distinct, in the order they were first drawn.
+    true_expected_counts: `(N,)` float32, the expected count of each row's label.
+    sampled_expected_counts: `(S,)` float32, the expected count of each sampled id.
+    num_tries: how many draws it took to get S distinct ids.
+    """
+
+    ids: torch.Tensor
+    true_expected_counts: torch.Tensor
+    sampled_expected_counts: torch.Tensor
+    num_tries: int
+
+
+def log_uniform_probabilities(ids: torch.Tensor, range_max: int) -> torch.Tensor:
+    """TensorFlow's `LogUniformSampler::Probability`: `log((k + 2) / (k + 1)) / log(range_max + 1)`, float32,
+    same shape as `ids`."""
+    k = ids.to(torch.float64)
+    return (torch.log((k + 2.0) / (k + 1.0)) / math.log1p(range_max)).to(torch.float32)
+
+
+def expected_counts(probabilities: torch.Tensor, num_sampled: int, num_tries: int) -> torch.Tensor:
+    """
+    TensorFlow's `ExpectedCountHelper`: how often a class of per-draw probability p is expected among the sampled
+    candidates, `1 - (1 - p) ** num_tries` (float32, computed stably), or `p * num_sampled` when no draw was
+    rejected (`num_tries == num_sampled`, always the case without unique sampling).
+    """
+    p = probabilities.to(torch.float32)
+    if num_tries == num_sampled:
+        return p * num_sampled
+    return -torch.expm1(num_tries * torch.log1p(-p))
+
+
+def log_uniform_draws(count: int, range_max: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`(count,)` int64 independent draws from the log-uniform distribution over `[0, range_max)`, as TensorFlow's
+    `LogUniformSampler::Sample` makes them (uniforms in double precision; the modulo only guards round-off)."""
+    uniforms = torch.rand(count, generator=generator, dtype=torch.float64)
+    return (torch.exp(uniforms * math.log1p(range_max)).to(torch.int64) - 1) % range_max
+
+
+def sample_log_uniform_candidates(
+    targets: torch.Tensor, num_sampled: int, range_max: int, generator: torch.Generator | None = None
+) -> SampledCandidates:
+    """
+    TensorFlow's `log_uniform_candidate_sampler(true_classes, num_true=1, num_sampled, unique=True, range_max)`:
+    draw until `num_sampled` distinct ids came up, and the expected counts of the targets and the sampled ids.
+
+    The draws are made on the CPU from `generator` (seed it for reproducible training: the same generator state
+    gives the same candidates), in blocks, so the generator advances past the last draw needed; the result is on
+    `targets`' device.
+
+    Args:
+        targets: `(N,)` int64 class ids of the rows (the words to predict).
+        num_sampled: distinct candidates to draw (bilm-tf's `n_negative_samples_batch`), at most `range_max`.
+        range_max: the number of classes (the vocabulary size, bilm-tf's `n_tokens_vocab`).
+    """
+    if not 0 < num_sampled <= range_max:
+        raise ValueError(f"num_sampled must be in 1..{range_max} (range_max), got {num_sampled}")
+    draws = torch.empty(0, dtype=torch.int64)
+    block = 2 * num_sampled + 64
+    while True:
+        draws = torch.cat([draws, log_uniform_draws(block, range_max, generator)])
+        # The position of each distinct value's first draw; the num_sampled earliest are TensorFlow's picks.
+        values, inverse = torch.unique(draws, return_inverse=True)
+        positions = torch.arange(len(draws))
+        first = torch.full((len(values),), len(draws), dtype=torch.int64).scatter_reduce_(
+            0, inverse, positions, reduce="amin")
+        if len(values) >= num_sampled:
+            picked = torch.sort(first).values[:num_sampled]
+            break
+        block *= 2
+    num_tries = int(picked[-1]) + 1
+    ids = draws[picked]
+    device = targets.device
+    return SampledCandidates(
+        ids=ids.to(device),
+        true_expected_counts=expected_counts(
+            log_uniform_probabilities(targets.detach().cpu(), range_max), num_sampled, num_tries).to(device),
+        sampled_expected_counts=expected_counts(
+            log_uniform_probabilities(ids, range_max), num_sampled, num_tries).to(device),
+        num_tries=num_tries,
+    )
+
+
+def sampled_softmax_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: SampledCandidates,
+    remove_accidental_hits: bool = True,
+    sparse_weight_gradient: bool = False,
+) -> torch.Tensor:
+    """
+    Per-row sampled softmax loss, `tf.nn.sampled_softmax_loss(weight, bias, targets[:, None], hidden, S, V,
+    num_true=1, sampled_values=(ids, true_expected, sampled_expected), remove_accidental_hits)`.
+
+    Only the rows of `weight` / `bias` for the targets and the S candidates are read: the cost is
+    O(N * S * P), never O(N * V * P). Logits are computed in `hidden`'s dtype, the loss in float32 (float64 for
+    float64 inputs).
+
+    Args:
+        hidden: `(N, P)` LSTM outputs (bilm-tf's `lstm_output_flat`).
+        weight: `(V, P)` the softmax weight (`nn.Linear(P, V).weight`).
+        bias: `(V,)` the softmax bias.
+        targets: `(N,)` int64 class ids to predict.
+        candidates: `sample_log_uniform_candidates(targets, S, V)`; the true expected counts are the targets'.
+        remove_accidental_hits: a candidate equal to a row's target does not compete with it in that row.
+        sparse_weight_gradient: `weight`'s gradient as a sparse tensor with only the N + S rows read (for an
+            optimizer that takes sparse gradients, such as `torch.optim.Adagrad`, bilm-tf's optimizer), instead
+            of a dense (V, P) one.
+    Returns:
+        `(N,)` losses (bilm-tf averages them over the batch).
+    """
+    n_rows = targets.shape[0]
+    all_ids = torch.cat([targets, candidates.ids])
+    rows = F.embedding(all_ids, weight, sparse=sparse_weight_gradient).to(hidden.dtype)  # (N + S, P)
+    row_bias = bias[all_ids].to(hidden.dtype)
+    true_logits = (hidden * rows[:n_rows]).sum(dim=1) + row_bias[:n_rows]  # (N,)
+    sampled_logits = hidden @ rows[n_rows:].T + row_bias[n_rows:]  # (N, S)
+    if remove_accidental_hits:
+        hits = targets[:, None] == candidates.ids[None, :]
+        sampled_logits = sampled_logits.masked_fill(hits, torch.finfo(sampled_logits.dtype).min)
+    loss_dtype = torch.promote_types(hidden.dtype, torch.float32)
+    true_logits = true_logits.to(loss_dtype) - torch.log(candidates.true_expected_counts).to(loss_dtype)
+    sampled_logits = sampled_logits.to(loss_dtype) - torch.log(candidates.sampled_expected_counts).to(loss_dtype)
+    logits = torch.cat([true_logits[:, None], sampled_logits], dim=1)
+    return torch.logsumexp(logits, dim=1) - true_logits
+
+
+__all__ = [
+    "CPU_MAX_LOGITS",
+    "DEFAULT_MAX_LOGITS",
+    "SampledCandidates",
+    "expected_counts",
+    "log_normalizer",
+    "log_uniform_draws",
+    "log_uniform_probabilities",
+    "sample_ids",
+    "sample_log_uniform_candidates",
+    "sampled_softmax_loss",
+    "target_log_probs",
+    "top_k_log_probs",
+]

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 from transformers.utils import ModelOutput
 
 from .configuration_elmo import ElmoConfig
-from .lm_softmax import target_log_probs
+from .lm_softmax import sample_log_uniform_candidates, sampled_softmax_loss, target_log_probs
 from .lstm_elmo import (
     ElmoRuntimeOptions,
     LayerWeights,
@@ -264,6 +264,7 @@ class ElmoBiLstm(nn.Module):
         initial_state: tuple[torch.Tensor, torch.Tensor] | None = None,
         return_state: bool = False,
         backward_inputs: torch.Tensor | None = None,
+        dropout: float = 0.0,
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
         """
         Args:
@@ -272,6 +273,8 @@ class ElmoBiLstm(nn.Module):
             initial_state: optional `(h, c)` of shapes `(L, 2, B, P)` / `(L, 2, B, H)`.
             backward_inputs: optional `(B, T, P)`: what the backward LSTM reads, in its reading order. By default
                 it reads each row of `inputs` reversed.
+            dropout: drop each layer's input with this probability (bilm-tf's training `DropoutWrapper`, new
+                masks at every step); a skip connection adds the dropped input, as bilm-tf's wrapper order does.
         Returns:
             Per layer `(B, T, 2P)` outputs `[forward, backward]` (zero past each row's length; the backward half
             aligned with `inputs`, or with `backward_inputs` in its reading order when given), and the final
@@ -288,6 +291,8 @@ class ElmoBiLstm(nn.Module):
         x = packing.pack(inputs, backward_inputs)  # (2, S, R, P)
         outputs, final_h, final_c = [], [], []
         for depth, layer in enumerate(self.layers):
+            if dropout:
+                x = F.dropout(x, dropout, training=True)
             weights = layer.weights_in(x.dtype)
             state = None
             if initial_state is not None:
@@ -400,20 +405,53 @@ class ElmoPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """
+        A new model starts as bilm-tf's training does (`bilm/training.py`), so that training from scratch follows
+        it: character embedding uniform in [-1, 1]; convolutions uniform in [-0.05, 0.05] (relu) or normal with
+        std sqrt(1 / (width * char_dim)) (tanh); highway and projection weights normal with std sqrt(1 / fan_in),
+        the carry bias -2; LSTM kernels Glorot-uniform over TensorFlow's concatenated `[input; recurrent]` kernel,
+        the forget gate's bias 1 (TensorFlow's forget bias, folded in); the softmax normal with std
+        1 / sqrt(projection_dim). Modules are visited children first, so a parent's rule wins.
+        """
         if isinstance(module, ElmoLstmLayer):
-            bound = module.projection_weight.shape[2] ** -0.5
-            for weight in (module.input_weight, module.recurrent_weight, module.projection_weight):
-                init.uniform_(weight, -bound, bound)
-            init.zeros_(module.bias)
+            four_h, in_dim = module.input_weight.shape[1:]
+            proj_dim, lstm_dim = module.projection_weight.shape[1:]
+            kernel_bound = (6.0 / (in_dim + proj_dim + four_h)) ** 0.5
+            init.uniform_(module.input_weight, -kernel_bound, kernel_bound)
+            init.uniform_(module.recurrent_weight, -kernel_bound, kernel_bound)
+            projection_bound = (6.0 / (lstm_dim + proj_dim)) ** 0.5
+            init.uniform_(module.projection_weight, -projection_bound, projection_bound)
+            bias = torch.zeros_like(module.bias)
+            bias[:, lstm_dim:2 * lstm_dim] = 1.0  # gates are (input, forget, candidate, output)
+            init.copy_(module.bias, bias)
+        elif isinstance(module, ElmoCharacterEncoder):
+            for embedding in (module.char_embedding, module.word_embedding):
+                if embedding is not None:
+                    weight = torch.empty_like(embedding.weight).uniform_(-1.0, 1.0)
+                    weight[0] = 0.0  # id 0: padding
+                    init.copy_(embedding.weight, weight)
+            for conv in module.convolutions:
+                if self.config.char_activation == "relu":
+                    init.uniform_(conv.weight, -0.05, 0.05)
+                else:
+                    init.normal_(conv.weight, std=(1.0 / (conv.kernel_size[0] * conv.in_channels)) ** 0.5)
+                init.zeros_(conv.bias)
+            for highway in module.highways:
+                for linear, bias in ((highway.carry, -2.0), (highway.transform, 0.0)):
+                    init.normal_(linear.weight, std=linear.in_features ** -0.5)
+                    init.constant_(linear.bias, bias)
+            if module.projection is not None:
+                init.normal_(module.projection.weight, std=module.projection.in_features ** -0.5)
+                init.zeros_(module.projection.bias)
+        elif isinstance(module, ElmoForPreTraining) and module.softmax is not None:
+            init.normal_(module.softmax.weight, std=module.softmax.in_features ** -0.5)
+            init.zeros_(module.softmax.bias)
         elif isinstance(module, ElmoScalarMix):
             fixed = self.config.scalar_mix_parameters
             init.copy_(module.scalar_parameters, torch.tensor(fixed if fixed is not None else
                                                               [0.0] * module.scalar_parameters.shape[0]))
             init.ones_(module.gamma)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=1.0)
-            init.zeros_(module.weight[0])  # id 0: "no character"
-        elif isinstance(module, (nn.Linear, nn.Conv1d)):
+        elif isinstance(module, nn.Linear):  # the task heads' classifiers
             init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -677,6 +715,10 @@ class ElmoForPreTraining(ElmoPreTrainedModel):
     Original model's has 793,471 words).
     """
 
+    # The loss is a mean per direction, never a sum over `num_items_in_batch`: Trainer must divide it for
+    # gradient accumulation itself.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: ElmoConfig):
         super().__init__(config)
         self.elmo = ElmoModel(config)
@@ -704,18 +746,71 @@ class ElmoForPreTraining(ElmoPreTrainedModel):
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        backward_input_ids: torch.Tensor | None = None,
+        backward_labels: torch.Tensor | None = None,
+        negative_samples: int | None = None,
         **kwargs,
     ) -> ElmoForPreTrainingOutput | tuple:
         r"""
+        Two forms of input:
+
+        - Sentences (without `backward_input_ids`): `input_ids` / `attention_mask` as `ElmoModel.forward`,
+          `(B, W, C)` character ids and a `(B, W)` mask; the model adds `<S>` and `</S>`. `labels`: `(B, W)`
+          softmax rows of the words (`<UNK>`'s for words outside the vocabulary; -100 to leave a word out as a
+          target); the model adds the `</S>` (forward) and `<S>` (backward) targets itself. Outputs have W + 1
+          columns (see `ElmoForPreTrainingOutput`).
+        - Streams (with `backward_input_ids`), bilm-tf's training batches (`hf_elmo.training.data`): `input_ids`
+          `(B, T, C)` what the forward LSTM reads at each step and `backward_input_ids` `(B, T, C)` what the
+          backward LSTM reads, in its reading order, boundaries already in the data; `labels` / `backward_labels`
+          `(B, T)` what each direction predicts at each step (-100: nothing); `attention_mask` `(B, T)`. Column t
+          of the outputs is step t of each direction; `state` continues each row's two streams.
+
         Args:
-            input_ids / attention_mask: as `ElmoModel.forward`: `(B, W, C)` character ids, `(B, W)` mask.
-            labels: `(B, W)` softmax rows of the words (`<UNK>`'s for words outside the vocabulary; -100 to leave
-                a word out as a target); the model adds `</S>` (forward) and `<S>` (backward) targets itself.
             state: a previous call's `output.state`: row i continues row i's stream (bilm-tf's `test()`).
             use_cache: return the final state (streaming protocol, see `ElmoForPreTrainingOutput.state`).
+            negative_samples: in train mode, score with bilm-tf's sampled softmax (`n_negative_samples_batch`
+                log-uniform candidates per direction, shared by the batch) instead of the full softmax. Evaluation
+                (eval mode) always uses the full softmax.
+
+        In train mode `config.dropout` applies as in bilm-tf: to every LSTM layer's input and to the top layer's
+        output before the softmax.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = bool(use_cache) or state is not None
+        dropout = self.config.dropout if self.training else 0.0
+        if backward_input_ids is not None:
+            forward_hidden, backward_hidden, mask, final_state = self._stream_hidden(
+                input_ids, backward_input_ids, attention_mask, state, use_cache, dropout)
+            targets = None
+            if labels is not None or backward_labels is not None:
+                if labels is None or backward_labels is None:
+                    raise ValueError("streams need both labels and backward_labels (or neither)")
+                targets = (self._check_labels(labels, mask.shape, "labels"),
+                           self._check_labels(backward_labels, mask.shape, "backward_labels"))
+        else:
+            if backward_labels is not None:
+                raise ValueError("backward_labels goes with backward_input_ids (stream batches); sentence batches "
+                                 "take labels only")
+            forward_hidden, backward_hidden, mask, lengths, final_state = self._sentence_hidden(
+                input_ids, attention_mask, state, use_cache, dropout)
+            targets = None if labels is None else self._sentence_targets(labels, mask, lengths)
+
+        loss = forward_nll = backward_nll = None
+        if targets is not None:
+            scored = torch.stack([mask & (targets[0] != -100), mask & (targets[1] != -100)])  # (2, B, columns)
+            hidden = torch.stack([forward_hidden, backward_hidden])
+            if dropout:
+                hidden = F.dropout(hidden, dropout, training=True)
+            nll = self._negative_log_likelihoods(hidden, torch.stack(targets), scored, negative_samples)
+            means = nll.sum(dim=(1, 2)) / scored.sum(dim=(1, 2)).clamp(min=1)
+            forward_nll, backward_nll, loss = nll[0], nll[1], 0.5 * means.sum()
+        output = ElmoForPreTrainingOutput(loss=loss, forward_nll=forward_nll, backward_nll=backward_nll,
+                                          prediction_mask=mask, forward_hidden=forward_hidden,
+                                          backward_hidden=backward_hidden, state=final_state)
+        return output if return_dict else output.to_tuple()
+
+    def _sentence_hidden(self, input_ids, attention_mask, state, use_cache: bool, dropout: float):
+        """Top-layer outputs `(B, W + 1, P)` per direction of sentences, the column mask, word counts, final state."""
         elmo = self.elmo
         tokens, lengths = elmo.boundary_token_vectors(input_ids, attention_mask)
         batch, columns = tokens.shape[0], tokens.shape[1] - 1
@@ -732,51 +827,84 @@ class ElmoForPreTraining(ElmoPreTrainedModel):
             final_state = elmo._zero_state(0, tokens) if use_cache else None
         else:
             outputs, final_state = elmo.encoder(tokens[:, :columns], lengths + 1, state, return_state=use_cache,
-                                                backward_inputs=backward_inputs)
+                                                backward_inputs=backward_inputs, dropout=dropout)
             top = outputs[-1]
         projection = self.config.projection_dim
         keep = mask[..., None].to(top.dtype)
         forward_hidden = top[..., :projection]
         backward_hidden = top[..., projection:].gather(1, reverse[..., None].expand(-1, -1, projection)) * keep
+        return forward_hidden, backward_hidden, mask, lengths, final_state
 
-        loss = forward_nll = backward_nll = None
-        if labels is not None:
-            forward_nll, backward_nll, loss = self._negative_log_likelihoods(
-                forward_hidden, backward_hidden, labels, mask, lengths)
-        output = ElmoForPreTrainingOutput(loss=loss, forward_nll=forward_nll, backward_nll=backward_nll,
-                                          prediction_mask=mask, forward_hidden=forward_hidden,
-                                          backward_hidden=backward_hidden, state=final_state)
-        return output if return_dict else output.to_tuple()
+    def _stream_hidden(self, input_ids, backward_input_ids, attention_mask, state, use_cache: bool, dropout: float):
+        """Top-layer outputs `(B, T, P)` of the two streams (each in its reading order), the step mask, final state."""
+        elmo = self.elmo
+        forward_ids, mask = elmo._check_inputs(input_ids, attention_mask)
+        if not torch.is_tensor(backward_input_ids) or tuple(backward_input_ids.shape) != tuple(forward_ids.shape):
+            shape = tuple(backward_input_ids.shape) if torch.is_tensor(backward_input_ids) else type(
+                backward_input_ids).__name__
+            raise ValueError(f"backward_input_ids must have input_ids' shape {tuple(forward_ids.shape)}, got {shape}")
+        backward_ids, _ = elmo._check_inputs(backward_input_ids, mask)
+        batch, steps = mask.shape
+        if batch == 0:
+            raise ValueError("a stream batch needs at least one row")
+        if state is not None:
+            state = elmo._check_state(state, batch)
+        real = torch.stack([mask, mask])
+        vectors = elmo.embed_words(torch.stack([forward_ids, backward_ids])[real])
+        tokens = vectors.new_zeros(2, batch, steps, self.config.projection_dim)
+        tokens[real] = vectors
+        outputs, final_state = elmo.encoder(tokens[0], mask.sum(dim=1), state, return_state=use_cache,
+                                            backward_inputs=tokens[1], dropout=dropout)
+        projection = self.config.projection_dim
+        return outputs[-1][..., :projection], outputs[-1][..., projection:], mask, final_state
 
-    def _negative_log_likelihoods(
-        self, forward_hidden: torch.Tensor, backward_hidden: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-        lengths: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Per-column NLLs `(B, W + 1)` of both directions (zero where nothing is scored) and bilm-tf's loss:
-        `0.5 * (mean forward NLL + mean backward NLL)`, each mean over that direction's scored columns.
-        """
-        weight, bias = self.softmax_parameters()
+    def _sentence_targets(self, labels: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each direction's `(B, W + 1)` targets from the words' `labels` `(B, W)`, with `</S>` and `<S>` added."""
         batch, columns = mask.shape
-        if not torch.is_tensor(labels) or tuple(labels.shape) != (batch, columns - 1):
-            shape = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
-            raise ValueError(f"labels must be a (batch, words) = {(batch, columns - 1)} tensor of softmax rows, "
-                             f"got {shape}")
-        labels = labels.to(device=mask.device, dtype=torch.long)
+        labels = self._check_labels(labels, (batch, columns - 1), "labels")
         rows = torch.arange(batch, device=mask.device)
         ignore = torch.full((batch, 1), -100, dtype=torch.long, device=mask.device)
         forward_targets = torch.cat([labels, ignore], dim=1)
         forward_targets[rows, lengths] = self.config.lm_eos_id
         backward_targets = torch.cat([ignore, labels], dim=1)
         backward_targets[:, 0] = self.config.lm_bos_id
-        scored = torch.stack([mask & (forward_targets != -100), mask & (backward_targets != -100)])  # (2, B, W + 1)
-        hidden = torch.stack([forward_hidden, backward_hidden])
-        targets = torch.stack([forward_targets, backward_targets])
-        # Both directions in one pass over the vocabulary: the softmax weight is read once, in larger GEMMs.
+        return forward_targets, backward_targets
+
+    def _check_labels(self, labels: torch.Tensor, shape: tuple[int, int], name: str) -> torch.Tensor:
+        """`labels` as long on the model's device, `shape`, holding softmax rows or -100."""
+        vocabulary_size = self.softmax_parameters()[0].shape[0]
+        if not torch.is_tensor(labels) or tuple(labels.shape) != tuple(shape):
+            got = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+            raise ValueError(f"{name} must be a {tuple(shape)} tensor of softmax rows, got {got}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer softmax rows, got dtype {labels.dtype}")
+        labels = labels.to(device=self.device, dtype=torch.long)
+        bad = (labels != -100) & ((labels < 0) | (labels >= vocabulary_size))
+        if bool(bad.any()):
+            raise ValueError(f"{name} must hold softmax rows in [0, {vocabulary_size}) or -100, got "
+                             f"{int(labels[bad][0])}")
+        return labels
+
+    def _negative_log_likelihoods(
+        self, hidden: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor, negative_samples: int | None
+    ) -> torch.Tensor:
+        """
+        `(2, B, columns)` negative log-likelihoods of `targets` (`(2, B, columns)`) from `hidden`
+        (`(2, B, columns, P)`) where `scored`, zero elsewhere: the full softmax, or in train mode with
+        `negative_samples` bilm-tf's sampled softmax (each direction its own candidates).
+        """
+        weight, bias = self.softmax_parameters()
         nll = hidden.new_zeros(scored.shape, dtype=torch.promote_types(hidden.dtype, torch.float32))
+        if negative_samples and self.training:
+            for direction in (0, 1):
+                rows, wanted = hidden[direction][scored[direction]], targets[direction][scored[direction]]
+                candidates = sample_log_uniform_candidates(wanted, negative_samples, weight.shape[0])
+                nll[direction][scored[direction]] = sampled_softmax_loss(rows, weight, bias, wanted, candidates)
+            return nll
+        # Both directions in one pass over the vocabulary: the softmax weight is read once, in larger GEMMs.
         nll[scored] = -target_log_probs(hidden[scored], weight, bias, targets[scored])
-        means = nll.sum(dim=(1, 2)) / scored.sum(dim=(1, 2)).clamp(min=1)
-        return nll[0], nll[1], 0.5 * means.sum()
+        return nll
 
 
 # ----------------------------------------------------------------------------------------------------------------

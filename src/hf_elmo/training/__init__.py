@@ -1,8 +1,6 @@
 """Training ELMo's biLM language model the way bilm-tf does (issue 11): the building blocks.
 
 - `vocabulary`: `hf-elmo build-vocab`, bilm-tf's word vocabulary from a corpus (`build_vocabulary`).
-- `sampled_softmax`: TensorFlow's `sampled_softmax_loss` with the log-uniform candidate sampler, as bilm-tf
-  trains with it (`sample_log_uniform_candidates`, `sampled_softmax_loss`).
 - `data`: bilm-tf's training batches streamed from text files (`LMStreamDataset`, resumable), the sentence-level
   batches of the objective tests (`LMSentenceDataset`), and the collator for `Trainer` (`ElmoLMDataCollator`).
 
