@@ -10,7 +10,9 @@ import pytest
 from transformers import AutoModel
 
 import hf_elmo  # noqa: F401  (registers the Auto classes)
-from helpers import FIXTURE_OPTIONS, FIXTURE_WEIGHTS, LM_FIXTURE, options_json, tiny_config, write_random_checkpoint
+from helpers import (FIXTURE_OPTIONS, FIXTURE_WEIGHTS, LM_FIXTURE, TRAIN, options_json, tiny_config,
+                     write_random_checkpoint)
+from hf_elmo.checkpoints.softmax import write_softmax
 from hf_elmo.conversion import convert_original_checkpoint
 from hf_elmo.tokenization_elmo import ElmoTokenizer
 
@@ -47,3 +49,17 @@ def lm_ref() -> dict[str, np.ndarray]:
     """bilm-tf's own LM numbers on its training checkpoint (`tests/fixtures/bilm-tf-lm/lm_ref.npz`, keys in its README)."""
     with np.load(LM_FIXTURE / "lm_ref.npz") as npz:
         return dict(npz)
+
+
+@pytest.fixture(scope="session")
+def softmax_file(lm_ref, tmp_path_factory) -> Path:
+    """bilm-tf-lm's softmax in the released hdf5 layout (TensorFlow's values, from lm_ref)."""
+    return write_softmax(tmp_path_factory.mktemp("softmax") / "softmax.hdf5", lm_ref["softmax_W"], lm_ref["softmax_b"])
+
+
+@pytest.fixture(scope="session")
+def lm_folder(softmax_file, tmp_path_factory) -> Path:
+    """bilm-tf's trained test LM converted from dump_weights' hdf5 + the softmax + its vocabulary (read-only)."""
+    return convert_original_checkpoint(LM_FIXTURE / "options.json", LM_FIXTURE / "weights.hdf5",
+                                       tmp_path_factory.mktemp("lm") / "lm", vocab_file=TRAIN / "vocab.txt",
+                                       softmax_weight_file=softmax_file)

@@ -29,6 +29,8 @@ FIXTURE_MODEL_DIR = Path(__file__).parent / "fixtures" / "bilm-tf" / "model"
 FIXTURE_OPTIONS = FIXTURE_MODEL_DIR / "options.json"
 FIXTURE_WEIGHTS = FIXTURE_MODEL_DIR / "lm_weights.hdf5"
 FIXTURE_VOCAB = FIXTURE_MODEL_DIR / "vocab_test.txt"
+# bilm-tf's tiny training corpus and its vocabulary.
+TRAIN = Path(__file__).parent / "fixtures" / "bilm-tf" / "train"
 # bilm-tf's training checkpoint with its softmax, and the LM numbers bilm-tf's own graph gives (README there).
 LM_FIXTURE = Path(__file__).parent / "fixtures" / "bilm-tf-lm"
 

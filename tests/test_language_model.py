@@ -25,7 +25,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForPreTraining
 
-from helpers import options_json, tiny_config, write_random_checkpoint
+from helpers import TRAIN, options_json, tiny_config, write_random_checkpoint
 from hf_elmo.checkpoints.softmax import write_softmax
 from hf_elmo.cli import main as cli_main
 from hf_elmo.conversion import convert_original_checkpoint
@@ -35,22 +35,7 @@ from hf_elmo.modeling_elmo import ElmoForPreTraining, ElmoModel, ElmoNoLMHeadErr
 from reference_bilm import ReferenceLM
 
 LM_FIXTURE = Path(__file__).parent / "fixtures" / "bilm-tf-lm"
-TRAIN = Path(__file__).parent / "fixtures" / "bilm-tf" / "train"
 TEST_PERPLEXITY = json.loads((LM_FIXTURE / "test_ppl.json").read_text())["perplexity"]  # 18.69580078125
-
-
-@pytest.fixture(scope="module")
-def softmax_file(lm_ref, tmp_path_factory) -> Path:
-    """The checkpoint's softmax in the released hdf5 layout (TensorFlow's values, from lm_ref)."""
-    return write_softmax(tmp_path_factory.mktemp("softmax") / "softmax.hdf5", lm_ref["softmax_W"], lm_ref["softmax_b"])
-
-
-@pytest.fixture(scope="module")
-def lm_folder(softmax_file, tmp_path_factory) -> Path:
-    """bilm-tf's trained test LM converted from dump_weights' hdf5 + the softmax + its vocabulary."""
-    return convert_original_checkpoint(LM_FIXTURE / "options.json", LM_FIXTURE / "weights.hdf5",
-                                       tmp_path_factory.mktemp("lm") / "lm", vocab_file=TRAIN / "vocab.txt",
-                                       softmax_weight_file=softmax_file)
 
 
 @pytest.fixture(scope="module")

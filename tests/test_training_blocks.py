@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_elmo.checkpoints.bilm_tf import config_from_options, read_weights
 from hf_elmo.checkpoints.softmax import read_lm_vocabulary
-from hf_elmo.lm_softmax import target_log_probs
-from hf_elmo.modeling_elmo import ElmoModel
+from hf_elmo.modeling_elmo import ElmoForPreTraining
 from hf_elmo.tokenization_elmo import char_ids_to_word, word_to_char_ids
 from hf_elmo.training.data import (
     LABEL_PAD_ID,
@@ -332,36 +330,22 @@ def test_stream_at_batch_size_1_is_bilm_tf_test_stream(vocabulary, lm_ref):
 
 
 @pytest.fixture(scope="module")
-def fixture_lm(lm_ref):
-    """bilm-tf's trained fixture LM (dumped weights + the softmax from its checkpoint)."""
-    options = json.loads((LM_FIXTURE / "options.json").read_text())
-    options["lstm"].update(cell_clip=None, proj_clip=None, use_skip_connections=False)
-    config = config_from_options(options)
-    model = ElmoModel(config)
-    keys = model.load_state_dict(read_weights(LM_FIXTURE / "weights.hdf5", config), strict=False)
-    # every weight loaded; only the (empty) word-vector cache buffers are not in a weight file
-    assert not keys.unexpected_keys and all(".cached_" in key for key in keys.missing_keys)
-    return model.eval(), torch.from_numpy(lm_ref["softmax_W"]), torch.from_numpy(lm_ref["softmax_b"])
+def fixture_lm(lm_folder):
+    """bilm-tf's trained fixture LM (dumped weights + the softmax from its checkpoint) in TRAIN mode with dropout
+    off: its loss is the training objective with the full softmax (gradients recorded: the training LSTM path)."""
+    return ElmoForPreTraining.from_pretrained(lm_folder, dropout=0.0).train()
 
 
-@torch.no_grad()
 def stream_losses(fixture_lm, batches) -> torch.Tensor:
-    """Per-prediction 0.5 * (forward + backward) NLL of stream batches, each row's LSTM state carried over."""
-    model, weight, bias = fixture_lm
+    """Per-prediction 0.5 * (forward + backward) NLL of stream batches, each row's LSTM state carried over, from
+    the model's stream form (`backward_input_ids`), as `ElmoLMTrainer` runs it."""
     state, losses = None, []
-    projection = model.config.projection_dim
     for batch in batches:
-        rows, steps, chars = batch["input_ids"].shape
-        forward = model.embed_words(batch["input_ids"].view(-1, chars)).view(rows, steps, -1)
-        backward = model.embed_words(batch["backward_input_ids"].view(-1, chars)).view(rows, steps, -1)
-        outputs, state = model.encoder(forward, torch.full((rows,), steps), state, return_state=True,
-                                       backward_inputs=backward)
-        top = outputs[-1]
-        nll_forward = -target_log_probs(top[..., :projection].reshape(-1, projection), weight, bias,
-                                        batch["labels"].view(-1))
-        nll_backward = -target_log_probs(top[..., projection:].reshape(-1, projection), weight, bias,
-                                         batch["backward_labels"].view(-1))
-        losses.append((0.5 * (nll_forward + nll_backward)).view(rows, steps))
+        output = fixture_lm(**batch, state=state, use_cache=True)
+        state = tuple(s.detach() for s in output.state)
+        per_step = 0.5 * (output.forward_nll + output.backward_nll)
+        assert torch.allclose(output.loss, per_step.mean())  # the loss is their mean (no padding in streams)
+        losses.append(per_step.detach())
     return torch.stack(losses)  # (batches, rows, steps)
 
 
@@ -553,24 +537,21 @@ def test_sentence_batches_are_lm_ref_sentences(tmp_path, vocabulary, lm_ref):
 
 
 def test_sentence_batches_give_lm_ref_per_sentence_losses(tmp_path, fixture_lm, vocabulary, lm_ref):
-    """The fixture LM over padded sentence batches from zero state gives bilm-tf's per-sentence losses."""
+    """The training objective over padded sentence batches from zero state gives bilm-tf's per-token losses."""
     corpus = tmp_path / "sentences.txt"
     corpus.write_text("\n".join(str(s) for s in lm_ref["sentences"]), encoding="utf-8")
-    model, weight, bias = fixture_lm
     batch = next(LMSentenceDataset([corpus], vocabulary, MAX_CHARACTERS).iter_batches(batch_size=4))
-    rows, steps, chars = batch["input_ids"].shape
-    with torch.no_grad():
-        forward = model.embed_words(batch["input_ids"].view(-1, chars)).view(rows, steps, -1)
-        backward = model.embed_words(batch["backward_input_ids"].view(-1, chars)).view(rows, steps, -1)
-        outputs, _ = model.encoder(forward, batch["attention_mask"].sum(1), backward_inputs=backward)
-    projection = model.config.projection_dim
+    output = fixture_lm(**batch)
     for k in range(4):
         n = int(batch["attention_mask"][k].sum())
-        top = outputs[-1][k, :n]
-        nll_forward = -target_log_probs(top[:, :projection], weight, bias, batch["labels"][k, :n])
-        nll_backward = -target_log_probs(top[:, projection:], weight, bias, batch["backward_labels"][k, :n])
-        np.testing.assert_allclose(nll_forward.numpy(), lm_ref[f"s{k}_nll_fwd"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(nll_backward.numpy(), lm_ref[f"s{k}_nll_bwd"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(output.forward_nll[k, :n].detach().numpy(), lm_ref[f"s{k}_nll_fwd"], rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(output.backward_nll[k, :n].detach().numpy(), lm_ref[f"s{k}_nll_bwd"],
+                                   rtol=1e-5, atol=1e-6)
+        assert not output.forward_nll[k, n:].any()  # padding is not scored
+    expected = np.mean([np.concatenate([lm_ref[f"s{k}_nll_fwd"] for k in range(4)]).mean(),
+                        np.concatenate([lm_ref[f"s{k}_nll_bwd"] for k in range(4)]).mean()])
+    assert float(output.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_collator_pads_and_checks(vocabulary):

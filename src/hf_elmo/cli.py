@@ -303,13 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     build_vocab = commands.add_parser("build-vocab", help="count a training corpus into bilm-tf's vocabulary file")
     add_build_vocab_arguments(build_vocab)
     build_vocab.set_defaults(run=run_build_vocab)
+
+    from .training.train_command import add_train_arguments, run_train
+
+    train = commands.add_parser(
+        "train", help="train ELMo's biLM on a corpus as bilm-tf does, or continue training a checkpoint (Trainer)",
+        description="Train or continue training ELMo's bidirectional language model with transformers' Trainer, "
+                    "as bilm-tf trains it. Killed, it continues from its last checkpoint when run again with "
+                    "--resume.")
+    add_train_arguments(train)
+    # The Trainer's own options (TrainingArguments) pass through as they are typed.
+    train.set_defaults(run=run_train, passes_unknown_options=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "passes_unknown_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        args.run(args)
+        if getattr(args, "passes_unknown_options", False):
+            args.run(args, unknown)
+        else:
+            args.run(args)
     except _known_errors() as error:
         print(f"hf-elmo {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -166,13 +166,20 @@ def _write_checkpoint(
     if cached_words:
         model.cache_words(cached_words)
     tokenizer = ElmoTokenizer(max_characters_per_token=config.max_characters_per_token)
-    # Both model classes in `auto_map`, whichever is saved: remote code then loads an LM folder as the biLM alone
-    # (AutoModel) and any folder as a language model (AutoModelForPreTraining, which says when the head is missing).
-    config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModel": "modeling_elmo.ElmoModel",
-                       "AutoModelForPreTraining": "modeling_elmo.ElmoForPreTraining"}
+    set_auto_map(config)
     text = model_card_text(config, options_source, options, model_card)
     return write_checkpoint_folder(output_dir, to_save, tokenizer, text,
                                    lm_vocabulary=language_model[2] if language_model is not None else None)
+
+
+def set_auto_map(config: ElmoConfig) -> None:
+    """
+    Name both model classes in `auto_map`, whichever is saved: remote code then loads an LM folder as the biLM
+    alone (AutoModel) and any folder as a language model (AutoModelForPreTraining, which says when the head is
+    missing).
+    """
+    config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModel": "modeling_elmo.ElmoModel",
+                       "AutoModelForPreTraining": "modeling_elmo.ElmoForPreTraining"}
 
 
 def write_checkpoint_folder(
@@ -337,4 +344,4 @@ def elmoformanylangs_model_card(config: ElmoConfig, lang) -> str:
 
 
 __all__ = ["LM_VOCABULARY_FILE", "MODEL_CARDS", "convert_elmoformanylangs", "convert_original_checkpoint",
-           "convert_training_checkpoint", "write_checkpoint_folder"]
+           "convert_training_checkpoint", "set_auto_map", "write_checkpoint_folder"]

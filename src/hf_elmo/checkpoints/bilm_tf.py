@@ -89,8 +89,7 @@ def config_from_options(options: dict[str, Any], source: str = "options", **over
             cell_clip=None if lstm["cell_clip"] is None else float(lstm["cell_clip"]),
             proj_clip=None if lstm["proj_clip"] is None else float(lstm["proj_clip"]),
             use_skip_connections=bool(lstm["use_skip_connections"]),
-            **({"dropout": float(options["dropout"])} if options.get("dropout") is not None else {}),
-            **overrides,
+            **{**({"dropout": float(options["dropout"])} if options.get("dropout") is not None else {}), **overrides},
         )
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{source}: invalid options ({error})") from None

@@ -398,18 +398,20 @@ class LMSentenceDataset(torch.utils.data.IterableDataset):
     One example per sentence (non-blank line), in file order, each to be run from a zero LSTM state: inputs
     `<S> w1 .. wn` / backward `</S> wn .. w1`, targets `w1 .. wn </S>` / `wn .. w1 <S>` (T = n + 1), the
     contract of the module docstring once collated (`ElmoLMDataCollator` pads). What bilm-tf's per-sentence
-    numbers (lm_ref.npz `s{k}_*`) are made of.
+    numbers (lm_ref.npz `s{k}_*`) are made of, and the sentence-level training mode (`shuffle=True`,
+    `passes=None`: the forward stream's order of `LMStreamDataset`, endless).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], vocabulary: LMVocabulary,
-                 max_characters_per_token: int = 50):
+                 max_characters_per_token: int = 50, shuffle: bool = False, seed: int = 0, passes: int | None = 1):
         super().__init__()
         self.files = check_corpus_files(paths)
         self.encoder = TokenEncoder(vocabulary, max_characters_per_token)
+        self.shuffle, self.seed, self.passes = shuffle, seed, passes
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         _check_stream_worker()
-        reader = SentenceReader(self.files, shuffle=False, seed=0, stream=0, passes=1)
+        reader = SentenceReader(self.files, shuffle=self.shuffle, seed=self.seed, stream=0, passes=self.passes)
         chars, ids = self.encoder.char_ids, self.encoder.word_ids
         while (words := reader.next_words()) is not None:
             forward, backward = sentence_tokens(words, backward=False), sentence_tokens(words, backward=True)
