@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import (
+    FIXTURE_MODEL_DIR,
     FIXTURE_OPTIONS,
     FIXTURE_WEIGHTS,
     LM_FIXTURE,
@@ -39,7 +40,8 @@ from hf_elmo.checkpoints.softmax import read_lm_vocabulary, read_softmax, write_
 from hf_elmo.cli import main as cli_main
 from hf_elmo.conversion import convert_elmoformanylangs, convert_original_checkpoint, export_original_checkpoint
 from hf_elmo.jobs.lm_job import ElmoLanguageModel
-from hf_elmo.modeling_elmo import ElmoModel
+from hf_elmo.modeling_elmo import ElmoForTokenClassification, ElmoModel
+from reference_bilm import ReferenceBiLM
 
 TRAIN_VOCAB = Path(__file__).parent / "fixtures" / "bilm-tf" / "train" / "vocab.txt"
 ELMOFORMANYLANGS = Path(__file__).parent / "fixtures" / "elmoformanylangs"
@@ -111,6 +113,19 @@ def test_exported_weights_are_the_fixture_datasets(converted_fixture, tmp_path):
     assert not np.array_equal(exported[bias][128:192], fixture[bias][128:192])
 
 
+def test_export_read_by_an_independent_bilm_tf_reader_gives_tensorflows_outputs(converted_fixture, tmp_path):
+    """`ReferenceBiLM` (NumPy, reads options.json + hdf5 as bilm-tf does; trusted by test_parity) on the exported
+    files reproduces bilm-tf's own top layer (lm_embeddings_k.hdf5, batch 0: a zero state)."""
+    original = export_original_checkpoint(converted_fixture, tmp_path / "original").output_dir
+    reference = ReferenceBiLM(json.loads((original / "options.json").read_text()), str(original / "weights.hdf5"))
+    sentences = json.loads((FIXTURE_MODEL_DIR / "lm_embeddings_sentences.json").read_text())
+    for k in range(3):
+        with h5py.File(FIXTURE_MODEL_DIR / f"lm_embeddings_{k}.hdf5", "r") as hdf5:
+            forward, backward = hdf5["0"][...]
+        top = reference.layers(sentences[k][0].split())[-1]
+        np.testing.assert_allclose(top, np.concatenate([forward, backward], axis=-1), atol=1e-6)
+
+
 def test_export_of_an_export_is_the_same_file(converted_fixture, tmp_path):
     """After the first rounding of the forget biases, exporting and converting is exact both ways."""
     original, again = export_and_convert_again(converted_fixture, tmp_path)
@@ -150,11 +165,46 @@ def test_random_checkpoints_round_trip(overrides, tmp_path):
     assert_same_checkpoint(folder, again)
     assert_datasets_are_the_originals(hdf5_datasets(original / "weights.hdf5"), hdf5_datasets(weights_path))
     written = json.loads((original / "options.json").read_text())
-    # A clip that is None is left out, as bilm-tf's training writes it; everything else is the release's.
-    expected_lstm = {key: value for key, value in options["lstm"].items() if value is not None}
-    assert written == {**options, "lstm": expected_lstm, "bidirectional": True}
+    # Everything is the release's (a clip that is None is null: allennlp reads the key with [], bilm-tf with .get).
+    assert written == {**options, "bidirectional": True}
     if "projection_dim" in overrides and overrides.get("char_filters"):
         assert "CNN_proj/W_proj" not in hdf5_datasets(original / "weights.hdf5")
+    # Read as bilm-tf reads a release, the export computes what the original release computes.
+    words = ["Colorless", "green", "ideas", "sleep", "furiously", "."]
+    exported_layers = ReferenceBiLM(written, str(original / "weights.hdf5")).layers(words)
+    np.testing.assert_allclose(exported_layers, ReferenceBiLM(options, str(weights_path)).layers(words), atol=1e-6)
+
+
+def test_trained_checkpoint_round_trips_up_to_the_forget_bias_rounding(tmp_path):
+    """Weights that never were bilm-tf's: everything exact, except forget-gate biases below 0.5, whose bits
+    finer than float32's step near 1 do not survive the layout's `b - 1` (at most 2**-24)."""
+    torch.manual_seed(0)
+    model = ElmoModel(tiny_config(num_hidden_layers=3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+        model.char_encoder.char_embedding.weight[0] = 0  # the padding row, as training keeps it
+        model.scalar_mix.scalar_parameters.zero_()
+        model.scalar_mix.gamma.fill_(1.0)
+    model.save_pretrained(tmp_path / "trained")
+    original, again = export_and_convert_again(tmp_path / "trained", tmp_path)
+    ours, theirs = load_file(tmp_path / "trained" / "model.safetensors"), load_file(again / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    h = tiny_config().lstm_dim
+    for name, tensor in ours.items():
+        if not name.endswith(".bias") or not name.startswith("encoder.layers."):
+            assert torch.equal(tensor, theirs[name]), name
+            continue
+        forget = slice(h, 2 * h)  # PyTorch's gate order: i, f, g, o
+        others = torch.ones(4 * h, dtype=torch.bool)
+        others[forget] = False
+        assert torch.equal(tensor[:, others], theirs[name][:, others]), name
+        difference = (tensor[:, forget] - theirs[name][:, forget]).abs()
+        assert difference.max() <= FORGET_BIAS_ROUNDING, name
+        assert bool((difference[tensor[:, forget] >= 0.5] == 0).all()), name  # Sterbenz: b - 1 is exact there
+    assert float((ours["encoder.layers.0.bias"] - theirs["encoder.layers.0.bias"]).abs().max()) > 0  # not vacuous
+    np.testing.assert_allclose(checkpoint_layers(again).numpy(), checkpoint_layers(tmp_path / "trained").numpy(),
+                               atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- a language model
@@ -180,8 +230,9 @@ def test_language_model_round_trips_with_softmax_and_vocabulary(lm_folder, lm_re
                                       hdf5_datasets(LM_FIXTURE / "weights.hdf5"))
     options = json.loads((original / "options.json").read_text())
     # The training options had no clips and no skip-connection key (bilm-tf's defaults: none, off) and 261
-    # characters; the export is the inference options (262) with the softmax's size.
-    assert options["lstm"] == {"dim": 16, "projection_dim": 8, "n_layers": 2, "use_skip_connections": False}
+    # characters; the export is the inference options (262, every key allennlp reads) with the softmax's size.
+    assert options["lstm"] == {"dim": 16, "projection_dim": 8, "n_layers": 2, "cell_clip": None, "proj_clip": None,
+                               "use_skip_connections": False}
     assert (options["n_tokens_vocab"], options["char_cnn"]["n_characters"]) == (32, 262)
 
     again = tmp_path / "again"
@@ -229,20 +280,20 @@ def test_nonzero_padding_character_row_is_refused():
         datasets_from_state_dict(state, config, "model")
 
 
-def test_trained_scalar_mix_and_cached_words_are_named_as_left_out(converted_fixture, tmp_path, capsys):
-    model = ElmoModel.from_pretrained(converted_fixture)
+def test_task_head_trained_scalar_mix_and_cached_words_are_named_as_left_out(converted_fixture, tmp_path, capsys):
+    model = ElmoForTokenClassification.from_pretrained(converted_fixture, num_labels=3)
     with torch.no_grad():
-        model.scalar_mix.scalar_parameters.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    model.cache_words(["cat", "mat"])
+        model.elmo.scalar_mix.scalar_parameters.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    model.elmo.cache_words(["cat", "mat"])
     model.save_pretrained(tmp_path / "trained")
     capsys.readouterr()  # save_pretrained's progress bar
     assert cli_main(["export-original", str(tmp_path / "trained"), str(tmp_path / "original")]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err == [
-        "hf-elmo export-original: note: not in bilm-tf's layout, not exported: the trained scalar mix (allennlp's "
-        "Elmo trains its own)",
-        "hf-elmo export-original: note: not in bilm-tf's layout, not exported: 2 cached word vectors (bilm-tf and "
-        "allennlp compute them from the characters)",
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hf-elmo")]
+    prefix = "hf-elmo export-original: note: not in bilm-tf's layout, not exported: "
+    assert notes == [
+        f"{prefix}the task head (ElmoForTokenClassification)",
+        f"{prefix}the trained scalar mix (allennlp's Elmo trains its own)",
+        f"{prefix}2 cached word vectors (bilm-tf and allennlp compute them from the characters)",
     ]
     # The biLM itself is exported whole.
     assert_datasets_are_the_originals(hdf5_datasets(tmp_path / "original" / "weights.hdf5"),

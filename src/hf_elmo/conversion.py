@@ -381,8 +381,9 @@ def export_original_checkpoint(model_dir: str | os.PathLike, output_dir: str | o
     (`softmax/W` (V, P), `softmax/b` (V,)) and `vocab.txt` (its words, softmax row i = line i), which
     `hf-elmo convert --softmax-weight-file softmax.hdf5 --vocab-file vocab.txt` reads back.
 
-    Converting the export gives the checkpoint's biLM and softmax back bit for bit (see
-    `checkpoints.bilm_tf.datasets_from_state_dict` for the one rounding of an original release's forget biases).
+    Converting the export gives a converted checkpoint's biLM and softmax back bit for bit; a trained one's too,
+    except the low bits of forget-gate biases below 0.5 (at most 2**-24; `checkpoints.bilm_tf.
+    datasets_from_state_dict` says why).
     Not exported (listed in `left_out`): hf-elmo's trained or fixed scalar mix, cached word vectors, layer norm
     and a task head.
 

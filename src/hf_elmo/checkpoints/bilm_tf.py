@@ -113,10 +113,12 @@ TRAINING_OPTION_KEYS = ("dropout", "n_negative_samples_batch", "all_clip_norm_va
 def options_from_config(config: ElmoConfig, source: str = "the checkpoint") -> dict[str, Any]:
     """
     The inverse of `config_from_options`: the inference `options.json` of `config` (bilm-tf's sections and key
-    names, `bidirectional: true`, `n_characters` as the config has it: 262 for every bilm-tf model). A clip that is
-    None is left out, as bilm-tf's own training writes options without one; `n_tokens_vocab` (the softmax's rows)
-    is written when `config.lm_vocab_size` is set. Raises `CheckpointError` for a config bilm-tf cannot describe
-    (ELMoForManyLangs' word embedding or own character table): those models would load there but compute garbage.
+    names, `bidirectional: true`, `n_characters` as the config has it: 262 for every bilm-tf model);
+    `n_tokens_vocab` (the softmax's rows) when `config.lm_vocab_size` is set. A clip that is None is written as
+    `null`, not left out as bilm-tf's own training does: bilm-tf reads the clips with `.get` (null is no clip),
+    but allennlp's `_ElmoBiLm` indexes `options["lstm"]["cell_clip"]` and fails on a missing key.
+    Raises `CheckpointError` for a config bilm-tf cannot describe (ELMoForManyLangs' word embedding or own
+    character table): those models would load there but compute garbage.
     """
     if config.word_embedding_dim or config.boundary_char_ids is not None:
         raise CheckpointError(
@@ -128,8 +130,8 @@ def options_from_config(config: ElmoConfig, source: str = "the checkpoint") -> d
     lstm: dict[str, Any] = {"dim": config.lstm_dim, "projection_dim": config.projection_dim,
                             "n_layers": config.num_hidden_layers}
     for key, clip in (("cell_clip", config.cell_clip), ("proj_clip", config.proj_clip)):
-        if clip is not None:
-            lstm[key] = int(clip) if float(clip).is_integer() else clip  # the releases write `3`, not `3.0`
+        # The releases write `3`, not `3.0`.
+        lstm[key] = int(clip) if clip is not None and float(clip).is_integer() else clip
     lstm["use_skip_connections"] = config.use_skip_connections
     options: dict[str, Any] = {
         "bidirectional": True,
@@ -310,10 +312,12 @@ def datasets_from_state_dict(state: dict[str, torch.Tensor], config: ElmoConfig,
     The inverse of `read_weights`: every dataset of `expected_datasets(config)` as a float32 array in bilm-tf's
     layout, from an `ElmoModel` state dict (the scalar mix and cached word vectors are not part of that layout).
 
-    Exact except for the forget-gate quarter of each LSTM's `B`: TensorFlow adds its forget bias (1.0) at run time,
-    so the converter stored `B_f + 1` in float32 and the export writes `(B_f + 1) - 1`, which loses the bits of a
-    `B_f` finer than float32's spacing near 1 (at most 2**-24 off). Reading the export back gives `B_f + 1`
-    exactly again, so a checkpoint exported and converted again is bit for bit the one exported.
+    Exact except for the forget-gate quarter of each LSTM's `B`: TensorFlow adds its forget bias (1.0) at run
+    time, so bilm-tf's layout holds `b - 1` for our forget bias `b`, rounded to float32. For a converted release
+    (`b` = fl(B_f + 1)) that subtraction is exact, so export and conversion give the checkpoint back bit for bit,
+    and only the release's own `B_f` comes back rounded, by at most half a float32 step at `B_f + 1` (2**-24 for
+    |B_f| < 1). A trained forget bias `b` below 0.5 keeps only float32's step near 1 of its bits (off by at most
+    2**-24 after converting back).
     """
     def array(name: str) -> np.ndarray:
         return state[name].detach().to("cpu", torch.float32).numpy()
