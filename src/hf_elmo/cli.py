@@ -97,6 +97,15 @@ def run_convert(args: argparse.Namespace) -> None:
                   f"(commit {result.commit_oid})")
 
 
+def run_export_original(args: argparse.Namespace) -> None:
+    from .conversion import export_original_checkpoint
+
+    export = export_original_checkpoint(args.model, args.original_dir)
+    for item in export.left_out:
+        print(f"hf-elmo export-original: note: not in bilm-tf's layout, not exported: {item}", file=sys.stderr)
+    print(f"wrote {export.output_dir} ({', '.join(export.files)})")
+
+
 def run_embed(args: argparse.Namespace) -> None:
     import torch
 
@@ -278,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         "folder) to a checkpoint folder")
     add_convert_arguments(convert)
     convert.set_defaults(run=run_convert)
+
+    export = commands.add_parser(
+        "export-original", help="write a checkpoint folder back in bilm-tf's release layout (options.json, "
+        "weights.hdf5; softmax.hdf5 and vocab.txt for a language model)",
+        description="Write a converted or trained checkpoint in the original bilm-tf layout, which bilm-tf and "
+        "allennlp load. ORIGINAL_DIR is replaced atomically, and only if it is new, empty or a previous export.")
+    export.add_argument("model", help="checkpoint folder or Hub repo id")
+    export.add_argument("original_dir", metavar="ORIGINAL_DIR", type=Path, help="folder to write")
+    export.set_defaults(run=run_export_original)
 
     embed = commands.add_parser(
         "embed", help="embed a file of sentences into HDF5 (allennlp's elmo command; resumable)",

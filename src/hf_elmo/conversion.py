@@ -1,11 +1,15 @@
-"""Turn an original ELMo release (options.json + weights .hdf5) into a Hugging Face checkpoint folder."""
+"""Turn an original ELMo release (options.json + weights .hdf5) into a Hugging Face checkpoint folder, and back
+(`export_original_checkpoint`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -194,14 +198,26 @@ def write_checkpoint_folder(
     vocabulary (`lm_vocab.txt`, if given) and `README.md` into a temporary folder next to `output_dir`, then put
     it in place of `output_dir`: a failure leaves any old `output_dir` as it was.
     """
-    staging = _make_staging_folder(output_dir)
-    try:
+    with _staged_folder(output_dir, "checkpoint") as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_sentence_transformers_files(staging, model.config)  # the folder is a sentence-transformers model too
         if lm_vocabulary is not None:
             write_lm_vocabulary(staging / LM_VOCABULARY_FILE, lm_vocabulary)
         (staging / "README.md").write_text(model_card, encoding="utf-8")
+    return output_dir
+
+
+@contextlib.contextmanager
+def _staged_folder(output_dir: Path, what: str) -> Iterator[Path]:
+    """
+    A temporary folder next to `output_dir` for the block to fill; put in place of `output_dir` when the block
+    succeeds, removed when it fails, so a failure leaves any old `output_dir` as it was. OS errors become a
+    `CheckpointError` "cannot write the `what`" naming `output_dir`.
+    """
+    staging = _make_staging_folder(output_dir)
+    try:
+        yield staging
         _apply_default_permissions(staging)
         _replace_directory(staging, output_dir)
     except OSError as error:
@@ -210,11 +226,10 @@ def write_checkpoint_folder(
         reason = str(error.strerror or error)
         if error.filename is not None:
             reason += f": {str(error.filename).replace(str(staging), str(output_dir))}"
-        raise CheckpointError(f"{output_dir}: cannot write the checkpoint ({reason})") from None
+        raise CheckpointError(f"{output_dir}: cannot write the {what} ({reason})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return output_dir
 
 
 @torch.no_grad()
@@ -343,5 +358,103 @@ def elmoformanylangs_model_card(config: ElmoConfig, lang) -> str:
     )
 
 
-__all__ = ["LM_VOCABULARY_FILE", "MODEL_CARDS", "convert_elmoformanylangs", "convert_original_checkpoint",
-           "convert_training_checkpoint", "set_auto_map", "write_checkpoint_folder"]
+# ----------------------------------------------------------------------------------- back to bilm-tf's layout
+# The files of an exported folder: bilm-tf's release layout (options.json, weights hdf5) and, for a language
+# model, the released softmax's layout (checkpoints/softmax.py) with bilm-tf's vocabulary file.
+ORIGINAL_OPTIONS_FILE = "options.json"
+ORIGINAL_WEIGHTS_FILE = "weights.hdf5"
+ORIGINAL_SOFTMAX_FILE = "softmax.hdf5"
+ORIGINAL_VOCABULARY_FILE = "vocab.txt"
+ORIGINAL_FILES = (ORIGINAL_OPTIONS_FILE, ORIGINAL_WEIGHTS_FILE, ORIGINAL_SOFTMAX_FILE, ORIGINAL_VOCABULARY_FILE)
+# Model classes whose every weight is exported; other architectures (task heads) lose their head.
+EXPORTED_ARCHITECTURES = ("ElmoModel", "ElmoForPreTraining")
+
+
+@dataclass(frozen=True)
+class OriginalExport:
+    """What `export_original_checkpoint` wrote: the folder, its files, and what the checkpoint had that bilm-tf's
+    layout cannot hold (each a short description; empty for a converted release)."""
+
+    output_dir: Path
+    files: tuple[str, ...]
+    left_out: tuple[str, ...]
+
+
+def export_original_checkpoint(model_dir: str | os.PathLike, output_dir: str | os.PathLike) -> OriginalExport:
+    """
+    Write a checkpoint folder (converted or trained; or a Hub repo id) in bilm-tf's release layout, so bilm-tf's
+    `BidirectionalLanguageModel` and allennlp's `Elmo` load it: `options.json` and `weights.hdf5` (the datasets
+    of bilm-tf's `dump_weights`, float32), and for a language model (`lm_vocab_size` > 0) `softmax.hdf5`
+    (`softmax/W` (V, P), `softmax/b` (V,)) and `vocab.txt` (its words, softmax row i = line i), which
+    `hf-elmo convert --softmax-weight-file softmax.hdf5 --vocab-file vocab.txt` reads back.
+
+    Converting the export gives a converted checkpoint's biLM and softmax back bit for bit; a trained one's too,
+    except the low bits of forget-gate biases below 0.5 (at most 2**-24; `checkpoints.bilm_tf.
+    datasets_from_state_dict` says why).
+    Not exported (listed in `left_out`): hf-elmo's trained or fixed scalar mix, cached word vectors, layer norm
+    and a task head.
+
+    The folder is written atomically. An existing `output_dir` is replaced only if it is empty or holds nothing
+    but the files of an export (`ORIGINAL_FILES`), so a wrong argument never deletes anything else.
+    Raises `CheckpointError` for a model bilm-tf's layout cannot describe (ELMoForManyLangs).
+    """
+    from .checkpoints.bilm_tf import datasets_from_state_dict, options_from_config, write_weights
+    from .checkpoints.softmax import write_softmax
+    from .jobs.core import load_model
+    from .jobs.lm_job import read_checkpoint_lm_vocabulary
+
+    output_dir = Path(output_dir)
+    _check_export_target(output_dir)
+    model = load_model(model_dir, dtype=torch.float32, model_class=ElmoForPreTraining)
+    config, source = model.config, str(model_dir)
+    options = options_from_config(config, source)
+    state = model.elmo.state_dict()
+    arrays = datasets_from_state_dict(state, config, source)
+    vocabulary = read_checkpoint_lm_vocabulary(model_dir, config.lm_vocab_size) if model.softmax is not None else None
+    files = [ORIGINAL_OPTIONS_FILE, ORIGINAL_WEIGHTS_FILE]
+    with _staged_folder(output_dir, "bilm-tf checkpoint") as staging:
+        # One line, as the released options.json files.
+        (staging / ORIGINAL_OPTIONS_FILE).write_text(json.dumps(options) + "\n", encoding="utf-8")
+        write_weights(staging / ORIGINAL_WEIGHTS_FILE, arrays)
+        if vocabulary is not None:
+            weight, bias = (tensor.detach().numpy() for tensor in model.softmax_parameters())
+            write_softmax(staging / ORIGINAL_SOFTMAX_FILE, weight, bias)
+            write_lm_vocabulary(staging / ORIGINAL_VOCABULARY_FILE, vocabulary)
+            files += [ORIGINAL_SOFTMAX_FILE, ORIGINAL_VOCABULARY_FILE]
+    return OriginalExport(output_dir, tuple(files), _not_exported(config, state))
+
+
+def _check_export_target(output_dir: Path) -> None:
+    """Refuse an `output_dir` that is a file, or a folder holding anything but a previous export's files."""
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise CheckpointError(f"{output_dir}: exists and is not a folder")
+    others = sorted(entry.name for entry in output_dir.iterdir() if entry.name not in ORIGINAL_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise CheckpointError(f"{output_dir}: not replaced: the folder holds files an export does not write "
+                              f"({shown}); choose a new or empty folder")
+
+
+def _not_exported(config: ElmoConfig, state: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """What the checkpoint holds beyond the biLM and softmax, which bilm-tf's layout has no place for."""
+    left_out = []
+    heads = [name for name in (config.architectures or []) if name not in EXPORTED_ARCHITECTURES]
+    if heads:
+        left_out.append(f"the task head ({', '.join(heads)})")
+    if config.scalar_mix_parameters is not None:
+        left_out.append(f"the fixed scalar_mix_parameters {config.scalar_mix_parameters}")
+    elif bool(state["scalar_mix.scalar_parameters"].any()) or bool((state["scalar_mix.gamma"] != 1).any()):
+        left_out.append("the trained scalar mix (allennlp's Elmo trains its own)")
+    if config.do_layer_norm:
+        left_out.append("do_layer_norm")
+    if config.num_cached_words:
+        left_out.append(f"{config.num_cached_words} cached word vectors (bilm-tf and allennlp compute them from "
+                        f"the characters)")
+    return tuple(left_out)
+
+
+__all__ = ["LM_VOCABULARY_FILE", "MODEL_CARDS", "ORIGINAL_FILES", "OriginalExport", "convert_elmoformanylangs",
+           "convert_original_checkpoint", "convert_training_checkpoint", "export_original_checkpoint",
+           "set_auto_map", "write_checkpoint_folder"]

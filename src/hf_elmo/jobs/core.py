@@ -84,7 +84,8 @@ def load_model(
     `prepack_cpu_weights=False`). transformers' weight-loading bar is hidden (short work); downloads show theirs.
 
     Raises:
-        FileNotFoundError: `source` is a path that does not exist (and cannot be a repo id), or is a file.
+        FileNotFoundError: `source` is a path that does not exist (and cannot be a repo id), is a file, or is a
+            folder without `config.json`.
         OSError: `source` is neither a folder nor a loadable Hub repo id (the message says both).
     """
     if model_class is None:
@@ -92,6 +93,8 @@ def load_model(
     path = Path(source)
     kwargs = {**runtime_kwargs, **({"dtype": dtype} if dtype is not None else {})}
     if path.is_dir():
+        if not (path / "config.json").is_file():  # say what it is, not which weight file transformers missed
+            raise FileNotFoundError(f"{source}: checkpoint folder not found (no config.json in this folder)")
         with quiet_weight_progress():
             model = model_class.from_pretrained(path, **kwargs)
     elif path.exists():

@@ -30,6 +30,16 @@ LM_VOCABULARY_FILE = "lm_vocab.txt"  # as conversion.LM_VOCABULARY_FILE (not imp
 DEFAULT_BATCH_SIZE = 64
 
 
+def read_checkpoint_lm_vocabulary(source: str | os.PathLike, size: int) -> LMVocabulary:
+    """The `lm_vocab.txt` of a LM checkpoint folder (or Hub repo id), checked to have `size` words (softmax rows)."""
+    vocabulary_path = Path(source) / LM_VOCABULARY_FILE
+    if not vocabulary_path.is_file() and not Path(source).is_dir():
+        from transformers.utils import cached_file
+
+        vocabulary_path = Path(cached_file(str(source), LM_VOCABULARY_FILE))
+    return read_lm_vocabulary(vocabulary_path, size=size)
+
+
 @dataclass(frozen=True)
 class SentenceScore:
     """
@@ -124,12 +134,7 @@ class ElmoLanguageModel:
                 f"{source}: this checkpoint has no language-model head (no softmax): it computes ELMo vectors, "
                 f"but perplexity and word prediction need a folder converted with --softmax-weight-file or "
                 f"--tf-checkpoint (and the softmax's --vocab-file)")
-        vocabulary_path = Path(source) / LM_VOCABULARY_FILE
-        if not vocabulary_path.is_file() and not Path(source).is_dir():
-            from transformers.utils import cached_file
-
-            vocabulary_path = Path(cached_file(str(source), LM_VOCABULARY_FILE))
-        vocabulary = read_lm_vocabulary(vocabulary_path, size=model.config.lm_vocab_size)
+        vocabulary = read_checkpoint_lm_vocabulary(source, model.config.lm_vocab_size)
         return cls(model, vocabulary, ElmoTokenizer.from_pretrained(source))
 
     # ------------------------------------------------------------------------------------------------- scoring
@@ -319,4 +324,5 @@ def read_sentences(path: str | os.PathLike, split_words=None) -> list[list[str]]
     return [split(line) for line in lines]
 
 
-__all__ = ["ElmoLanguageModel", "Perplexity", "SentenceScore", "read_sentences", "stream_layout"]
+__all__ = ["ElmoLanguageModel", "Perplexity", "SentenceScore", "read_checkpoint_lm_vocabulary", "read_sentences",
+           "stream_layout"]
