@@ -63,7 +63,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per row per batch (default: options.unroll_steps, else 20)")
     parser.add_argument("--negative-samples", type=int, default=None,
                         help="sampled softmax candidates per direction (default: options.n_negative_samples_batch, "
-                             "else 8192; 0 for the full softmax)")
+                             "else 8192; 0, or at least the vocabulary's size: the full softmax)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout (default: options.dropout, or the model's, else 0.1)")
     parser.add_argument("--sentence-level", action="store_true",
@@ -133,6 +133,13 @@ def _build_model(args: argparse.Namespace) -> tuple[ElmoForPreTraining, LMVocabu
     return model, vocabulary, {}, f"continued from {args.init_from}"
 
 
+def _negative_samples(settings: dict[str, Any], vocabulary_size: int) -> int | None:
+    """The sampled softmax's candidates, or None for the full softmax: asked for (0), or as many candidates as
+    words (sampling would only cost more)."""
+    negatives = int(settings["n_negative_samples_batch"])
+    return negatives if 0 < negatives < vocabulary_size else None
+
+
 def _corpus_tokens(files: list[Path]) -> int:
     """bilm-tf's `n_train_tokens`: words plus one `</S>` per sentence (what `build-vocab` reports)."""
     tokens = 0
@@ -148,8 +155,10 @@ def _trainer_arguments(args: argparse.Namespace, extra: list[str], settings: dic
     """TrainingArguments: bilm-tf's choices first, then the user's extra options, then what this command owns."""
     from transformers import HfArgumentParser, TrainingArguments
 
+    # Every trained parameter gets a gradient at every step, so DDP need not search for unused ones.
     defaults = ["--lr_scheduler_type", "constant", "--max_grad_norm", str(settings["all_clip_norm_val"]),
-                "--logging_steps", "50", "--save_steps", "500", "--report_to", "none", "--dataloader_num_workers", "0"]
+                "--logging_steps", "50", "--save_steps", "500", "--report_to", "none", "--dataloader_num_workers", "0",
+                "--ddp_find_unused_parameters", "false"]
     owned = ["--output_dir", str(args.output_dir), "--per_device_train_batch_size", str(settings["batch_size"]),
              "--learning_rate", str(settings["learning_rate"]), "--max_steps", str(max_steps), "--seed",
              str(args.seed)]
@@ -161,6 +170,10 @@ def _trainer_arguments(args: argparse.Namespace, extra: list[str], settings: dic
 def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
     """`hf-elmo train --train-file CORPUS.txt [...] --vocab-file VOCAB.txt (--options-file OPTIONS.json |
     --init-from MODEL) --output-dir OUT [--max-steps N] [--seed S] [--batch-size B] [--learning-rate LR] [--resume]`."""
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ValueError("training needs accelerate (transformers' Trainer runs on it): pip install 'hf-elmo[train]'")
     from transformers import set_seed
 
     from .data import ElmoLMDataCollator, LMSentenceDataset, LMStreamDataset
@@ -178,6 +191,12 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
     model, vocabulary, options, origin = _build_model(args)
     settings = _training_options(args, {"dropout": model.config.dropout, **options})
     model.config.dropout = float(settings["dropout"])
+    # The language model never reads the scalar mix (it is for the ELMo vectors): it is not trained here.
+    model.elmo.scalar_mix.requires_grad_(False)
+    # Cached word vectors serve inference only (training recomputes every word); DDP must not broadcast them
+    # (gloo has no int16 broadcast for the cache's character ids).
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [name for name, _ in model.named_buffers() if ".cached_" in name])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.max_steps is not None:
         if args.max_steps < 1:
@@ -198,11 +217,9 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
                                   unroll_steps=settings["unroll_steps"], max_characters_per_token=chars,
                                   shuffle=True, seed=args.seed)
         collator = None
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=float(settings["learning_rate"]),
-                                    initial_accumulator_value=1.0)
     trainer = ElmoLMTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
-                            optimizers=(None if "--optim" in (extra or []) else optimizer, None),
-                            negative_samples=int(settings["n_negative_samples_batch"]) or None)
+                            bilm_tf_optimizer=not any(option.startswith("--optim") for option in extra or []),
+                            negative_samples=_negative_samples(settings, len(vocabulary)))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     if trainer.is_world_process_zero():
         write_trained_model(output_dir, trainer.model, vocabulary, origin, options)

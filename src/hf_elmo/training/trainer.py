@@ -71,12 +71,22 @@ class ElmoLMTrainer(Trainer):
     Args:
         negative_samples: candidates of the sampled softmax per direction (bilm-tf's `n_negative_samples_batch`);
             None for the full softmax.
+        bilm_tf_optimizer: bilm-tf's Adagrad (`args.learning_rate`, initial accumulator 1.0) unless `optimizers`
+            gives one; False for the optimizer `args.optim` names.
     """
 
-    def __init__(self, *args: Any, negative_samples: int | None = 8192, **kwargs: Any):
+    def __init__(self, *args: Any, negative_samples: int | None = 8192, bilm_tf_optimizer: bool = True,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.negative_samples = negative_samples
+        self.bilm_tf_optimizer = bilm_tf_optimizer
         self._stream_state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None and self.bilm_tf_optimizer:
+            parameters = [p for p in (model or self.model).parameters() if p.requires_grad]
+            self.optimizer = torch.optim.Adagrad(parameters, lr=self.args.learning_rate, initial_accumulator_value=1.0)
+        return super().create_optimizer(model) if self.optimizer is None else self.optimizer
 
     @property
     def _streams(self) -> LMStreamDataset | None:
