@@ -529,7 +529,8 @@ class BpttDriver(LstmDriver):
         proj_dim, lstm_dim = weights.projection.shape[1:]
         initial_h, initial_c = initial if initial is not None else (None, None)
         output, cells = BpttLayer.apply(x, weights.input, weights.recurrent, weights.bias, weights.projection,
-                                        initial_h, initial_c, packing, self.cell_clip, self.proj_clip)
+                                        initial_h, initial_c, packing, self.cell_clip, self.proj_clip,
+                                        self.options.use_onednn)
         final = None
         if return_state:
             final_h, final_c = self.final_before_any_end(x, packing, initial, proj_dim, lstm_dim)
@@ -561,6 +562,60 @@ def _clamp_recording_(value: torch.Tensor, clip: float, passes: torch.Tensor, sc
     value.clamp_(-clip, clip)
 
 
+class _DirectionLinear:
+    """
+    `x @ weight^T` for both directions at once: `x` `(2, N, In)`, `weight` `(2, Out, In)` -> `(2, N, Out)`.
+
+    On CPU in float32 it is one oneDNN call per direction (`inference_linear`), the weight copied into oneDNN's
+    own layout first when `prepack` (for the per-step matmuls; the weights change with every training step, so
+    the copy lives for one layer call): on the benchmark's AMD machine oneDNN ran these shapes at 2-3x the
+    speed of MKL's bmm. Elsewhere it is one bmm.
+    """
+
+    def __init__(self, weight: torch.Tensor, like: torch.Tensor, use_onednn: bool, prepack: bool):
+        self.weight = weight
+        self.per_direction = [w.contiguous() for w in weight]
+        self.onednn = use_onednn and onednn_applies(like, self.per_direction[0])
+        if self.onednn and prepack:
+            self.per_direction = [torch.ops.mkldnn._reorder_linear_weight(w) for w in self.per_direction]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`x @ weight^T (+ bias (2, Out))`, written into `out` (added to it if `accumulate`) or returned."""
+        if not self.onednn:
+            weight_t = self.weight.transpose(1, 2)
+            if accumulate:
+                return out.baddbmm_(x, weight_t)
+            if bias is not None:
+                return torch.baddbmm(bias[:, None], x, weight_t)
+            return torch.bmm(x, weight_t, out=out)
+        results = [inference_linear(x[d].contiguous(), self.per_direction[d], None if bias is None else bias[d])
+                   for d in (0, 1)]
+        if out is None:
+            return torch.stack(results)
+        for d in (0, 1):
+            out[d].add_(results[d]) if accumulate else out[d].copy_(results[d])
+        return out
+
+
+def _weight_gradient(grad: torch.Tensor, inputs: torch.Tensor, use_onednn: bool) -> torch.Tensor:
+    """
+    `grad^T @ inputs` per direction: `grad` `(2, N, Out)`, `inputs` `(2, N, In)` -> `(2, Out, In)`, the gradient
+    of a weight applied as `inputs @ weight^T` at all N rows. On CPU in float32 through oneDNN, after copying both
+    operands transposed (oneDNN's linear reads its operands contiguous): faster there than MKL's bmm with a
+    transposed operand (`_DirectionLinear`).
+    """
+    grad_t = [g.t().contiguous() for g in grad]
+    if not (use_onednn and onednn_applies(grad_t[0], inputs[0])):
+        return torch.bmm(grad.transpose(1, 2), inputs)
+    return torch.stack([inference_linear(grad_t[d], inputs[d].t().contiguous()) for d in (0, 1)])
+
+
+def _tanh_into(x: torch.Tensor, out: torch.Tensor, fast: bool) -> torch.Tensor:
+    """`out = tanh(x)`; through a sigmoid when `fast` (`tanh_`: float32 on CPU, where torch's tanh is slow)."""
+    return tanh_(out.copy_(x)) if fast else torch.tanh(x, out=out)
+
+
 class BpttLayer(torch.autograd.Function):
     """
     One biLSTM layer over a packing, both directions at once, with backpropagation through time written out.
@@ -579,10 +634,11 @@ class BpttLayer(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, input_weight: torch.Tensor, recurrent_weight: torch.Tensor,
                 bias: torch.Tensor, projection_weight: torch.Tensor, initial_h: torch.Tensor | None,
                 initial_c: torch.Tensor | None, packing: SentencePacking, cell_clip: float | None,
-                proj_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                proj_clip: float | None, use_onednn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         _, steps, rows, in_dim = x.shape
         proj_dim, lstm_dim = projection_weight.shape[1:]
-        gates = torch.baddbmm(bias[:, None], x.reshape(2, steps * rows, in_dim), input_weight.transpose(1, 2))
+        flat_x = x.reshape(2, steps * rows, in_dim)
+        gates = _DirectionLinear(input_weight, flat_x[0], use_onednn, prepack=False)(flat_x, bias=bias)
         gates = gates.view(2, steps, rows, 4 * lstm_dim)
         cells = x.new_empty(2, steps, rows, lstm_dim)
         tanh_cells = x.new_empty(2, steps, rows, lstm_dim)
@@ -592,23 +648,25 @@ class BpttLayer(torch.autograd.Function):
         proj_passes = mask(proj_dim) if proj_clip is not None else None
         zero_h, zero_c = x.new_zeros(2, rows, proj_dim), x.new_zeros(2, rows, lstm_dim)
         m, cell_scratch, proj_scratch = torch.empty_like(zero_c), torch.empty_like(zero_c), torch.empty_like(zero_h)
-        recurrent_t, projection_t = recurrent_weight.transpose(1, 2), projection_weight.transpose(1, 2)
+        recurrent = _DirectionLinear(recurrent_weight, zero_h[0], use_onednn, prepack=True)
+        projection = _DirectionLinear(projection_weight, m[0], use_onednn, prepack=True)
+        fast_tanh = x.device.type == "cpu" and x.dtype == torch.float32
         for t in range(steps):
             h_prev = _state_before(t, output, initial_h, packing, zero_h)
             c_prev = _state_before(t, cells, initial_c, packing, zero_c)
-            step_gates = gates[:, t].baddbmm_(h_prev, recurrent_t)
+            step_gates = recurrent(h_prev, out=gates[:, t], accumulate=True)
             step_gates[..., :2 * lstm_dim].sigmoid_()  # input and forget gates
             step_gates[..., 3 * lstm_dim:].sigmoid_()  # output gate
             input_gate, forget_gate, candidate, output_gate = step_gates.chunk(4, dim=-1)
-            candidate.tanh_()
+            tanh_(candidate) if fast_tanh else candidate.tanh_()
             c = torch.mul(forget_gate, c_prev, out=cells[:, t]).addcmul_(input_gate, candidate)
             if cell_clip is not None:
                 _clamp_recording_(c, cell_clip, cell_passes[:, t], cell_scratch)
-            torch.mul(torch.tanh(c, out=tanh_cells[:, t]), output_gate, out=m)
-            h = torch.bmm(m, projection_t, out=output[:, t])
+            torch.mul(_tanh_into(c, tanh_cells[:, t], fast_tanh), output_gate, out=m)
+            h = projection(m, out=output[:, t])
             if proj_clip is not None:
                 _clamp_recording_(h, proj_clip, proj_passes[:, t], proj_scratch)
-        ctx.packing = packing
+        ctx.packing, ctx.use_onednn = packing, use_onednn
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, input_weight, recurrent_weight, projection_weight, initial_h, initial_c, gates,
                               cells, tanh_cells, output, cell_passes, proj_passes)
@@ -630,11 +688,15 @@ class BpttLayer(torch.autograd.Function):
         carry_h, carry_c = x.new_zeros(2, rows, proj_dim), x.new_zeros(2, rows, lstm_dim)
         zero_c, grad_m, grad_c = torch.zeros_like(carry_c), torch.empty_like(carry_c), torch.empty_like(carry_c)
         one = x.new_ones(())
+        # Per step: dL/dm = dL/dh @ projection, dL/dh_prev = dL/dgates @ recurrent.
+        projection_back = _DirectionLinear(projection_weight.transpose(1, 2), carry_h[0], ctx.use_onednn, prepack=True)
+        recurrent_back = _DirectionLinear(recurrent_weight.transpose(1, 2), grad_gates[0, 0], ctx.use_onednn,
+                                          prepack=True)
         for t in reversed(range(steps)):
             grad_h = grad_projected[:, t].add_(carry_h)
             if proj_passes is not None:
                 grad_h.mul_(proj_passes[:, t])
-            torch.bmm(grad_h, projection_weight, out=grad_m)
+            projection_back(grad_h, out=grad_m)
             step_gates, step_grad = gates[:, t], grad_gates[:, t]
             input_gate, forget_gate, candidate, output_gate = step_gates.chunk(4, dim=-1)
             grad_input, grad_forget, grad_candidate, grad_output_gate = step_grad.chunk(4, dim=-1)
@@ -653,7 +715,7 @@ class BpttLayer(torch.autograd.Function):
             grad_candidate.mul_(grad_c).mul_(input_gate)
             grad_output_gate.mul_(grad_m).mul_(tanh_c)
             torch.mul(grad_c, forget_gate, out=carry_c)
-            torch.bmm(step_grad, recurrent_weight, out=carry_h)
+            recurrent_back(step_grad, out=carry_h)
             if t in packing.start_steps:  # the reset rows' previous state was their initial state (or zero)
                 sentence, row, _ = packing._events("first", t, t + 1)
                 for carry, grad_initial in ((carry_h, grad_initial_h), (carry_c, grad_initial_c)):
@@ -664,21 +726,26 @@ class BpttLayer(torch.autograd.Function):
         flat_grad_gates = grad_gates.view(2, steps * rows, 4 * lstm_dim)
         grad_x = grad_input_weight = grad_recurrent_weight = grad_bias = grad_projection_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(flat_grad_gates, input_weight).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_input_weight = torch.bmm(flat_grad_gates.transpose(1, 2), x.reshape(2, steps * rows, in_dim))
-        if ctx.needs_input_grad[2]:
+            grad_x = _DirectionLinear(input_weight.transpose(1, 2), flat_grad_gates[0], ctx.use_onednn, prepack=False)(
+                flat_grad_gates).view(x.shape)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # Both weights that multiply into the gates in one GEMM: [input weight | recurrent weight] of
+            # [x_t | h_(t-1)], the latter being the previous step's output or, where a sentence starts, its
+            # initial state (or zero).
             h_prev = torch.cat([output.new_zeros(2, 1, rows, proj_dim), output[:, :-1]], dim=1)
             sentence, row, step = packing._events("first", 0, steps)
             h_prev[:, step, row] = 0.0 if initial_h is None else initial_h[:, sentence]
-            grad_recurrent_weight = torch.bmm(flat_grad_gates.transpose(1, 2), h_prev.view(2, steps * rows, proj_dim))
+            gate_inputs = torch.cat([x, h_prev], dim=-1).view(2, steps * rows, in_dim + proj_dim)
+            grad_input_weight, grad_recurrent_weight = _weight_gradient(
+                flat_grad_gates, gate_inputs, ctx.use_onednn).split([in_dim, proj_dim], dim=-1)
         if ctx.needs_input_grad[3]:
             grad_bias = flat_grad_gates.sum(dim=1)
         if ctx.needs_input_grad[4]:
             m = torch.mul(gates[..., 3 * lstm_dim:], tanh_cells).view(2, steps * rows, lstm_dim)
-            grad_projection_weight = torch.bmm(grad_projected.view(2, steps * rows, proj_dim).transpose(1, 2), m)
+            grad_projection_weight = _weight_gradient(grad_projected.view(2, steps * rows, proj_dim), m,
+                                                      ctx.use_onednn)
         return (grad_x, grad_input_weight, grad_recurrent_weight, grad_bias, grad_projection_weight, grad_initial_h,
-                grad_initial_c, None, None, None)
+                grad_initial_c, None, None, None, None)
 
 
 @dataclass
