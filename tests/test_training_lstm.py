@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_elmo import lstm_elmo
 from hf_elmo.lstm_elmo import (
     AutogradDriver,
     BpttDriver,
@@ -56,12 +57,13 @@ class LayerCase:
     def packing(self) -> SentencePacking:
         return SentencePacking(self.lengths, self.steps, reverse_backward=self.backward_inputs is None)
 
-    def run(self, driver_class: type, clips: tuple[float | None, float | None], loss_uses: str = "all"):
+    def run(self, driver_class: type, clips: tuple[float | None, float | None], loss_uses: str = "all",
+            options: ElmoRuntimeOptions | None = None):
         """The layer through `driver_class`: `(outputs (B, T, 2P), final (h, c), gradients of leaves())`. The loss
         uses the outputs and the final state (`"all"`), or only the final cells (`"final_c"`)."""
         packing = self.packing()
         x = packing.pack(self.inputs, self.backward_inputs)
-        driver = driver_class(ElmoRuntimeOptions(), clips)
+        driver = driver_class(options or ElmoRuntimeOptions(), clips)
         packed, final = driver.run_layer(x, packing, LayerWeights(*self.weights), self.initial, True, {})
         outputs = packing.unpack(packed, self.steps)
         output_weight, h_weight, c_weight = self.loss_weights
@@ -148,13 +150,21 @@ def test_loss_on_the_final_cells_only():
     assert_same_as_autograd(LayerCase(PACKED, torch.float64, seed=4), (2.0, 0.8), loss_uses="final_c")
 
 
-def test_float32_gradients_within_float32_rounding():
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_float32_gradients_within_float32_rounding(use_onednn, monkeypatch):
+    # float32 on CPU takes oneDNN for the matmuls (where the build has it) and tanh through a sigmoid.
+    onednn_calls = []
+    real_linear = lstm_elmo.inference_linear
+    monkeypatch.setattr(lstm_elmo, "inference_linear", lambda *args: onednn_calls.append(1) or real_linear(*args))
     case64 = LayerCase(PACKED, torch.float64, seed=5, scale=3.0)
     case32 = LayerCase(PACKED, torch.float32, seed=5, scale=3.0)
     clips = (1.5, 0.4)
     _, _, exact = case64.run(AutogradDriver, clips)
     _, _, autograd32 = case32.run(AutogradDriver, clips)
-    _, _, fast32 = case32.run(BpttDriver, clips)
+    assert not onednn_calls
+    _, _, fast32 = case32.run(BpttDriver, clips, options=ElmoRuntimeOptions(use_onednn=use_onednn))
+    assert bool(onednn_calls) == (use_onednn and lstm_elmo.onednn_applies(case32.inputs[0].detach(),
+                                                                          case32.weights[0][0].detach()))
     for fast, reference, truth in zip(fast32, autograd32, exact):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
         # No further from the float64 gradient than float32 autograd itself is (up to a small factor).
