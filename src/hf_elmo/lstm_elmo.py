@@ -555,10 +555,11 @@ def _state_before(step: int, history: torch.Tensor, initial: torch.Tensor | None
     return state
 
 
-def _clamp_recording_(value: torch.Tensor, clip: float, passes: torch.Tensor, scratch: torch.Tensor) -> None:
-    """`value.clamp_(-clip, clip)`, first writing into the bool `passes` where the gradient of `torch.clamp` passes
-    (`-clip <= value <= clip`, inclusive). `scratch` is a buffer shaped like `value`."""
-    torch.le(torch.abs(value, out=scratch), clip, out=passes)
+def _clamp_recording_(value: torch.Tensor, clip: float, clipped: torch.Tensor, scratch: torch.Tensor) -> None:
+    """`value.clamp_(-clip, clip)`, first writing into the bool `clipped` where the gradient of `torch.clamp` stops
+    (`|value| > clip`: it passes where `-clip <= value <= clip`, bounds included). `scratch` is shaped like
+    `value`."""
+    torch.gt(torch.abs(value, out=scratch), clip, out=clipped)
     value.clamp_(-clip, clip)
 
 
@@ -605,10 +606,9 @@ def _weight_gradient(grad: torch.Tensor, inputs: torch.Tensor, use_onednn: bool)
     operands transposed (oneDNN's linear reads its operands contiguous): faster there than MKL's bmm with a
     transposed operand (`_DirectionLinear`).
     """
-    grad_t = [g.t().contiguous() for g in grad]
-    if not (use_onednn and onednn_applies(grad_t[0], inputs[0])):
+    if not (use_onednn and onednn_applies(inputs[0], inputs[0])):  # (float32 on CPU, contiguous)
         return torch.bmm(grad.transpose(1, 2), inputs)
-    return torch.stack([inference_linear(grad_t[d], inputs[d].t().contiguous()) for d in (0, 1)])
+    return torch.stack([inference_linear(grad[d].t().contiguous(), inputs[d].t().contiguous()) for d in (0, 1)])
 
 
 def _tanh_into(x: torch.Tensor, out: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -627,7 +627,10 @@ class BpttLayer(torch.autograd.Function):
 
     Backward: per step only the pointwise derivatives and the two matmuls that carry the gradient back in time
     (through the projection and the recurrent weight); the weight, bias and input gradients are then a few GEMMs
-    over all steps at once, where the autograd loop does two small weight-gradient GEMMs per step.
+    over all steps at once, where the autograd loop does two small weight-gradient GEMMs per step. Once
+    differentiable (no gradients of gradients).
+
+    Kept for the backward, per direction, step and row: 6H + P floats and H + P bools (with both clips).
     """
 
     @staticmethod
@@ -644,8 +647,8 @@ class BpttLayer(torch.autograd.Function):
         tanh_cells = x.new_empty(2, steps, rows, lstm_dim)
         output = x.new_empty(2, steps, rows, proj_dim)
         mask = lambda dim: torch.empty(2, steps, rows, dim, dtype=torch.bool, device=x.device)  # noqa: E731
-        cell_passes = mask(lstm_dim) if cell_clip is not None else None
-        proj_passes = mask(proj_dim) if proj_clip is not None else None
+        cell_clipped = mask(lstm_dim) if cell_clip is not None else None
+        proj_clipped = mask(proj_dim) if proj_clip is not None else None
         zero_h, zero_c = x.new_zeros(2, rows, proj_dim), x.new_zeros(2, rows, lstm_dim)
         m, cell_scratch, proj_scratch = torch.empty_like(zero_c), torch.empty_like(zero_c), torch.empty_like(zero_h)
         recurrent = _DirectionLinear(recurrent_weight, zero_h[0], use_onednn, prepack=True)
@@ -661,27 +664,30 @@ class BpttLayer(torch.autograd.Function):
             tanh_(candidate) if fast_tanh else candidate.tanh_()
             c = torch.mul(forget_gate, c_prev, out=cells[:, t]).addcmul_(input_gate, candidate)
             if cell_clip is not None:
-                _clamp_recording_(c, cell_clip, cell_passes[:, t], cell_scratch)
+                _clamp_recording_(c, cell_clip, cell_clipped[:, t], cell_scratch)
             torch.mul(_tanh_into(c, tanh_cells[:, t], fast_tanh), output_gate, out=m)
             h = projection(m, out=output[:, t])
             if proj_clip is not None:
-                _clamp_recording_(h, proj_clip, proj_passes[:, t], proj_scratch)
+                _clamp_recording_(h, proj_clip, proj_clipped[:, t], proj_scratch)
         ctx.packing, ctx.use_onednn = packing, use_onednn
         ctx.set_materialize_grads(False)
+        # A state made under inference_mode (a previous batch's final state) cannot be saved as it is.
+        initial_h, initial_c = (s.clone() if s is not None and s.is_inference() else s for s in (initial_h, initial_c))
         ctx.save_for_backward(x, input_weight, recurrent_weight, projection_weight, initial_h, initial_c, gates,
-                              cells, tanh_cells, output, cell_passes, proj_passes)
+                              cells, tanh_cells, output, cell_clipped, proj_clipped)
         return output, cells
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor | None, grad_cells: torch.Tensor | None):
         (x, input_weight, recurrent_weight, projection_weight, initial_h, initial_c, gates, cells, tanh_cells,
-         output, cell_passes, proj_passes) = ctx.saved_tensors
+         output, cell_clipped, proj_clipped) = ctx.saved_tensors
         packing = ctx.packing
         _, steps, rows, in_dim = x.shape
         proj_dim, lstm_dim = projection_weight.shape[1:]
         # Gradient with respect to each step's projection before its clip; starts as the outputs' own gradient.
-        grad_projected = grad_output.clone() if grad_output is not None else torch.zeros_like(output)
+        grad_projected = (grad_output.clone(memory_format=torch.contiguous_format) if grad_output is not None
+                          else torch.zeros_like(output))
         grad_gates = torch.empty_like(gates)  # pre-activation
         grad_initial_h = torch.zeros_like(initial_h) if ctx.needs_input_grad[5] else None
         grad_initial_c = torch.zeros_like(initial_c) if ctx.needs_input_grad[6] else None
@@ -694,8 +700,8 @@ class BpttLayer(torch.autograd.Function):
                                           prepack=True)
         for t in reversed(range(steps)):
             grad_h = grad_projected[:, t].add_(carry_h)
-            if proj_passes is not None:
-                grad_h.mul_(proj_passes[:, t])
+            if proj_clipped is not None:
+                grad_h.masked_fill_(proj_clipped[:, t], 0.0)
             projection_back(grad_h, out=grad_m)
             step_gates, step_grad = gates[:, t], grad_gates[:, t]
             input_gate, forget_gate, candidate, output_gate = step_gates.chunk(4, dim=-1)
@@ -705,8 +711,8 @@ class BpttLayer(torch.autograd.Function):
             torch.addcmul(one, tanh_c, tanh_c, value=-1, out=grad_c).mul_(grad_m).mul_(output_gate).add_(carry_c)
             if grad_cells is not None:
                 grad_c.add_(grad_cells[:, t])
-            if cell_passes is not None:
-                grad_c.mul_(cell_passes[:, t])
+            if cell_clipped is not None:
+                grad_c.masked_fill_(cell_clipped[:, t], 0.0)
             # Activation derivatives: s * (1 - s) for the sigmoid gates, 1 - g^2 for the tanh candidate.
             torch.addcmul(step_gates, step_gates, step_gates, value=-1, out=step_grad)
             torch.addcmul(one, candidate, candidate, value=-1, out=grad_candidate)
