@@ -14,11 +14,16 @@ bilm-tf's clips (3.0). One iteration is the layer's forward, a loss using every 
 the backward into the inputs, all four weights and the initial state. The two paths alternate `--reps` times
 after a warm-up of each, so that other load on a shared machine hurts both alike; reported are the median wall
 time and CPU time (process time, all threads) per iteration and their ratios.
+
+Much of the autograd loop's time on CPU is page faults on freshly allocated activations: PyTorch's
+`THP_MEM_ALLOC_ENABLE=1` (transparent huge pages for large CPU allocations) narrows the gap, so the header line
+says whether it is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -84,7 +89,8 @@ def main() -> None:
             wall[path].append(time.perf_counter() - wall_start)
             cpu[path].append(time.process_time() - cpu_start)
     print(f"one layer pair, H {args.lstm_dim}, P {args.projection_dim}, {args.rows} rows x {args.steps} steps, "
-          f"float32, {args.threads} threads, median of {args.reps}:")
+          f"float32, {args.threads} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
+          f"median of {args.reps}:")
     for path in PATHS:
         print(f"  {path:9s} {statistics.median(wall[path]) * 1e3:8.1f} ms wall {statistics.median(cpu[path]) * 1e3:8.1f}"
               f" ms CPU")
