@@ -563,6 +563,17 @@ def _clamp_recording_(value: torch.Tensor, clip: float, clipped: torch.Tensor, s
     value.clamp_(-clip, clip)
 
 
+# Multiply-adds per direction below which a matmul stays with bmm: oneDNN's per-call overhead outweighs its faster
+# kernels for small models (at H 64, P 16, 8 rows the layer's backward took twice as long through oneDNN).
+ONEDNN_MIN_MULTIPLY_ADDS = 1 << 20
+
+
+def _use_onednn(multiply_adds: int, like: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> bool:
+    """Whether a matmul of `like` `(N, In)` and `weight` `(Out, In)` (or tensors of their kinds) goes through
+    oneDNN: CPU, float32, contiguous, large enough."""
+    return use_onednn and multiply_adds >= ONEDNN_MIN_MULTIPLY_ADDS and onednn_applies(like, weight)
+
+
 class _DirectionLinear:
     """
     `x @ weight^T` for both directions at once: `x` `(2, N, In)`, `weight` `(2, Out, In)` -> `(2, N, Out)`.
@@ -570,13 +581,14 @@ class _DirectionLinear:
     On CPU in float32 it is one oneDNN call per direction (`inference_linear`), the weight copied into oneDNN's
     own layout first when `prepack` (for the per-step matmuls; the weights change with every training step, so
     the copy lives for one layer call): on the benchmark's AMD machine oneDNN ran these shapes at 2-3x the
-    speed of MKL's bmm. Elsewhere it is one bmm.
+    speed of MKL's bmm. Elsewhere, and for small matmuls, it is one bmm.
     """
 
     def __init__(self, weight: torch.Tensor, like: torch.Tensor, use_onednn: bool, prepack: bool):
         self.weight = weight
         self.per_direction = [w.contiguous() for w in weight]
-        self.onednn = use_onednn and onednn_applies(like, self.per_direction[0])
+        self.onednn = _use_onednn(like.shape[0] * weight.shape[1] * weight.shape[2], like, self.per_direction[0],
+                                  use_onednn)
         if self.onednn and prepack:
             self.per_direction = [torch.ops.mkldnn._reorder_linear_weight(w) for w in self.per_direction]
 
@@ -606,7 +618,8 @@ def _weight_gradient(grad: torch.Tensor, inputs: torch.Tensor, use_onednn: bool)
     operands transposed (oneDNN's linear reads its operands contiguous): faster there than MKL's bmm with a
     transposed operand (`_DirectionLinear`).
     """
-    if not (use_onednn and onednn_applies(inputs[0], inputs[0])):  # (float32 on CPU, contiguous)
+    # inputs[0] stands in for both operands' transposed copies: contiguous, of the same dtype and device.
+    if not _use_onednn(grad.shape[1] * grad.shape[2] * inputs.shape[2], inputs[0], inputs[0], use_onednn):
         return torch.bmm(grad.transpose(1, 2), inputs)
     return torch.stack([inference_linear(grad[d].t().contiguous(), inputs[d].t().contiguous()) for d in (0, 1)])
 
