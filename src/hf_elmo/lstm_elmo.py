@@ -52,7 +52,8 @@ class ElmoRuntimeOptions:
             unless this is `"autograd"`: the plain step loop recorded by autograd, slower, kept as the reference.
         prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's per-step weights in oneDNN's
             blocked layout (1.3-1.4x faster for Original, for 168 MB more memory).
-        use_onednn: Run float32 CPU inference matmuls through oneDNN rather than torch's default BLAS.
+        use_onednn: Run float32 CPU matmuls (inference, and the larger ones of `"bptt"` training) through oneDNN
+            rather than torch's default BLAS.
         cnn_chunk_words: Words per character-CNN call: bounds the (words, filters, positions) activations.
         input_chunk_rows: Packed rows x steps whose LSTM input projections are one GEMM (eager driver).
         graph_steps: Steps per chunk of the graph driver (one captured graph each).
