@@ -73,6 +73,7 @@ PATHS = {
     "torch-linear": ElmoRuntimeOptions(lstm_backend="eager", input_chunk_rows=7, use_onednn=False),
     "graphs": ElmoRuntimeOptions(lstm_backend="graphs", graph_steps=3, graph_row_multiple=4),
     "autograd": ElmoRuntimeOptions(lstm_backend="autograd"),
+    "bptt": ElmoRuntimeOptions(lstm_backend="bptt"),  # training's whole-layer function, here without gradients
 }
 
 

@@ -16,9 +16,10 @@ The pieces, in the order a layer runs them:
   alone or both at once, in place or out of place. Each driver adds the recurrent matmul before it and the
   projection (and its clipping) after it.
 - A driver runs the steps of one layer, chunk by chunk: `EagerDriver` (inference on any device: in place, the
-  per-step matmuls on CPU through oneDNN with prepacked weights), `AutogradDriver` (training: no in-place updates,
-  so autograd can record every step), `GraphDriver` (inference in fixed-shape chunks with no host-side control
-  flow, captured as one CUDA graph per shape on GPUs and run eagerly elsewhere).
+  per-step matmuls on CPU through oneDNN with prepacked weights), `BpttDriver` (training: the whole layer as one
+  autograd node, `BpttLayer`, with a hand-written backward through time), `AutogradDriver` (training's reference:
+  no in-place updates, so autograd can record every step), `GraphDriver` (inference in fixed-shape chunks with no
+  host-side control flow, captured as one CUDA graph per shape on GPUs and run eagerly elsewhere).
 - `select_driver` is the one dispatcher, from the device, autograd and `ElmoRuntimeOptions.lstm_backend`; a new
   backend (a fused training kernel, say) is one more entry in `LSTM_DRIVERS`.
 """
@@ -35,7 +36,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-LSTM_BACKENDS = ("auto", "eager", "graphs", "autograd")
+LSTM_BACKENDS = ("auto", "eager", "graphs", "autograd", "bptt")
 
 
 @dataclass
@@ -45,11 +46,14 @@ class ElmoRuntimeOptions:
     `from_pretrained(path, **options)` or `model.set_runtime_options(**options)`; never stored in config.json.
 
     Args:
-        lstm_backend: `"auto"` (CUDA graphs on GPUs, the eager loop elsewhere, autograd when gradients are needed),
-            `"eager"`, `"graphs"` (fixed-shape chunks; captured only on CUDA), or `"autograd"`.
+        lstm_backend: `"auto"` (CUDA graphs on GPUs, the eager loop elsewhere), `"eager"`, `"graphs"` (fixed-shape
+            chunks; captured only on CUDA), `"bptt"` or `"autograd"`. Whenever gradients are recorded (training)
+            the LSTM runs `"bptt"`, a whole layer as one autograd node with a hand-written backward through time,
+            unless this is `"autograd"`: the plain step loop recorded by autograd, slower, kept as the reference.
         prepack_cpu_weights: On CPU in float32 inference, keep a copy of the LSTM's per-step weights in oneDNN's
             blocked layout (1.3-1.4x faster for Original, for 168 MB more memory).
-        use_onednn: Run float32 CPU inference matmuls through oneDNN rather than torch's default BLAS.
+        use_onednn: Run float32 CPU matmuls (inference, and the larger ones of `"bptt"` training) through oneDNN
+            rather than torch's default BLAS.
         cnn_chunk_words: Words per character-CNN call: bounds the (words, filters, positions) activations.
         input_chunk_rows: Packed rows x steps whose LSTM input projections are one GEMM (eager driver).
         graph_steps: Steps per chunk of the graph driver (one captured graph each).
@@ -387,10 +391,7 @@ class LstmDriver:
         proj_dim, lstm_dim = weights.projection.shape[1:]
         h = x.new_zeros(2, rows, proj_dim)
         c = x.new_zeros(2, rows, lstm_dim)
-        final = None
-        if return_state:
-            final = (initial[0].clone(), initial[1].clone()) if initial is not None else (
-                x.new_zeros(2, packing.batch, proj_dim), x.new_zeros(2, packing.batch, lstm_dim))
+        final = self.final_before_any_end(x, packing, initial, proj_dim, lstm_dim) if return_state else None
         k = self.chunk_steps(packing)
         outputs = []
         self.prepare(x, weights, cache)
@@ -407,6 +408,17 @@ class LstmDriver:
                 final = (packing.collect_final(final[0], out, start), packing.collect_final(final[1], cells, start))
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         return output, final
+
+    @staticmethod
+    def final_before_any_end(
+        x: torch.Tensor, packing: SentencePacking, initial: tuple[torch.Tensor, torch.Tensor] | None,
+        proj_dim: int, lstm_dim: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sentence final `(h, c)` `(2, B, P)` / `(2, B, H)` before `collect_final` fills in the sentences'
+        last steps: a copy of the initial state (what an empty sentence keeps), or zero."""
+        if initial is not None:
+            return initial[0].clone(), initial[1].clone()
+        return x.new_zeros(2, packing.batch, proj_dim), x.new_zeros(2, packing.batch, lstm_dim)
 
     def prepare(self, x: torch.Tensor, weights: LayerWeights, cache: dict) -> None:
         """Set up per-call state (prepacked weights, graphs) before the first chunk."""
@@ -505,6 +517,255 @@ class AutogradDriver(LstmDriver):
             outputs.append(h)
             cells.append(c)
         return torch.stack(outputs, dim=1), (torch.stack(cells, dim=1) if return_state else None), h, c
+
+
+class BpttDriver(LstmDriver):
+    """
+    Training: a whole layer (both directions) as one autograd node with a hand-written backward through time
+    (`BpttLayer`), instead of the ~15 nodes per step that `AutogradDriver` records. Same math, same gradients
+    (within float rounding); `AutogradDriver` stays the reference (`lstm_backend="autograd"`).
+    """
+
+    def run_layer(self, x, packing, weights, initial, return_state, cache):
+        proj_dim, lstm_dim = weights.projection.shape[1:]
+        initial_h, initial_c = initial if initial is not None else (None, None)
+        output, cells = BpttLayer.apply(x, weights.input, weights.recurrent, weights.bias, weights.projection,
+                                        initial_h, initial_c, packing, self.cell_clip, self.proj_clip,
+                                        self.options.use_onednn)
+        final = None
+        if return_state:
+            final_h, final_c = self.final_before_any_end(x, packing, initial, proj_dim, lstm_dim)
+            final = (packing.collect_final(final_h, output, 0), packing.collect_final(final_c, cells, 0))
+        return output, final
+
+
+def _state_before(step: int, history: torch.Tensor, initial: torch.Tensor | None, packing: SentencePacking,
+                  zero: torch.Tensor) -> torch.Tensor:
+    """
+    The state `(2, R, D)` that `step` starts from: the previous step's `history[:, step - 1]` (zero at step 0),
+    except in the rows where a sentence starts at `step`, which take its `initial` `(2, B, D)` state or zero.
+    """
+    state = history[:, step - 1] if step > 0 else zero
+    if step in packing.start_steps:
+        sentence, row, _ = packing._events("first", step, step + 1)
+        state = state.clone()
+        if initial is None:
+            state.index_fill_(1, row, 0.0)
+        else:
+            state.index_copy_(1, row, initial.index_select(1, sentence))
+    return state
+
+
+def _clamp_recording_(value: torch.Tensor, clip: float, clipped: torch.Tensor, scratch: torch.Tensor) -> None:
+    """`value.clamp_(-clip, clip)`, first writing into the bool `clipped` where the gradient of `torch.clamp` stops
+    (`|value| > clip`: it passes where `-clip <= value <= clip`, bounds included). `scratch` is shaped like
+    `value`."""
+    torch.gt(torch.abs(value, out=scratch), clip, out=clipped)
+    value.clamp_(-clip, clip)
+
+
+# Multiply-adds per direction below which a matmul stays with bmm: oneDNN's per-call overhead outweighs its faster
+# kernels for small models (at H 64, P 16, 8 rows the layer's backward took twice as long through oneDNN).
+ONEDNN_MIN_MULTIPLY_ADDS = 1 << 20
+
+
+def _use_onednn(multiply_adds: int, like: torch.Tensor, weight: torch.Tensor, use_onednn: bool) -> bool:
+    """Whether a matmul of `like` `(N, In)` and `weight` `(Out, In)` (or tensors of their kinds) goes through
+    oneDNN: CPU, float32, contiguous, large enough."""
+    return use_onednn and multiply_adds >= ONEDNN_MIN_MULTIPLY_ADDS and onednn_applies(like, weight)
+
+
+class _DirectionLinear:
+    """
+    `x @ weight^T` for both directions at once: `x` `(2, N, In)`, `weight` `(2, Out, In)` -> `(2, N, Out)`.
+
+    On CPU in float32 it is one oneDNN call per direction (`inference_linear`), the weight copied into oneDNN's
+    own layout first when `prepack` (for the per-step matmuls; the weights change with every training step, so
+    the copy lives for one layer call): on the benchmark's AMD machine oneDNN ran these shapes at 2-3x the
+    speed of MKL's bmm. Elsewhere, and for small matmuls, it is one bmm.
+    """
+
+    def __init__(self, weight: torch.Tensor, like: torch.Tensor, use_onednn: bool, prepack: bool):
+        self.weight = weight
+        self.per_direction = [w.contiguous() for w in weight]
+        self.onednn = _use_onednn(like.shape[0] * weight.shape[1] * weight.shape[2], like, self.per_direction[0],
+                                  use_onednn)
+        if self.onednn and prepack:
+            self.per_direction = [torch.ops.mkldnn._reorder_linear_weight(w) for w in self.per_direction]
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`x @ weight^T (+ bias (2, Out))`, written into `out` (added to it if `accumulate`) or returned."""
+        if not self.onednn:
+            weight_t = self.weight.transpose(1, 2)
+            if accumulate:
+                return out.baddbmm_(x, weight_t)
+            if bias is not None:
+                return torch.baddbmm(bias[:, None], x, weight_t)
+            return torch.bmm(x, weight_t, out=out)
+        results = [inference_linear(x[d].contiguous(), self.per_direction[d], None if bias is None else bias[d])
+                   for d in (0, 1)]
+        if out is None:
+            return torch.stack(results)
+        for d in (0, 1):
+            out[d].add_(results[d]) if accumulate else out[d].copy_(results[d])
+        return out
+
+
+def _weight_gradient(grad: torch.Tensor, inputs: torch.Tensor, use_onednn: bool) -> torch.Tensor:
+    """
+    `grad^T @ inputs` per direction: `grad` `(2, N, Out)`, `inputs` `(2, N, In)` -> `(2, Out, In)`, the gradient
+    of a weight applied as `inputs @ weight^T` at all N rows. On CPU in float32 through oneDNN, after copying both
+    operands transposed (oneDNN's linear reads its operands contiguous): faster there than MKL's bmm with a
+    transposed operand (`_DirectionLinear`).
+    """
+    # inputs[0] stands in for both operands' transposed copies: contiguous, of the same dtype and device.
+    if not _use_onednn(grad.shape[1] * grad.shape[2] * inputs.shape[2], inputs[0], inputs[0], use_onednn):
+        return torch.bmm(grad.transpose(1, 2), inputs)
+    return torch.stack([inference_linear(grad[d].t().contiguous(), inputs[d].t().contiguous()) for d in (0, 1)])
+
+
+def _tanh_into(x: torch.Tensor, out: torch.Tensor, fast: bool) -> torch.Tensor:
+    """`out = tanh(x)`; through a sigmoid when `fast` (`tanh_`: float32 on CPU, where torch's tanh is slow)."""
+    return tanh_(out.copy_(x)) if fast else torch.tanh(x, out=out)
+
+
+class BpttLayer(torch.autograd.Function):
+    """
+    One biLSTM layer over a packing, both directions at once, with backpropagation through time written out.
+
+    Forward (`x` `(2, S, R, In)` -> outputs `(2, S, R, P)` and cells `(2, S, R, H)`): every step's input
+    projection as one GEMM per direction, then per step the recurrent matmul, the cell, the projection and the
+    clips. It keeps what the backward needs: the post-activation gates, the cells and their tanh, the clip masks
+    and the outputs (whose previous step is the next step's recurrent input).
+
+    Backward: per step only the pointwise derivatives and the two matmuls that carry the gradient back in time
+    (through the projection and the recurrent weight); the weight, bias and input gradients are then a few GEMMs
+    over all steps at once, where the autograd loop does two small weight-gradient GEMMs per step. Once
+    differentiable (no gradients of gradients).
+
+    Kept for the backward, per direction, step and row: 6H + P floats and H + P bools (with both clips).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, input_weight: torch.Tensor, recurrent_weight: torch.Tensor,
+                bias: torch.Tensor, projection_weight: torch.Tensor, initial_h: torch.Tensor | None,
+                initial_c: torch.Tensor | None, packing: SentencePacking, cell_clip: float | None,
+                proj_clip: float | None, use_onednn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        _, steps, rows, in_dim = x.shape
+        proj_dim, lstm_dim = projection_weight.shape[1:]
+        flat_x = x.reshape(2, steps * rows, in_dim)
+        gates = _DirectionLinear(input_weight, flat_x[0], use_onednn, prepack=False)(flat_x, bias=bias)
+        gates = gates.view(2, steps, rows, 4 * lstm_dim)
+        cells = x.new_empty(2, steps, rows, lstm_dim)
+        tanh_cells = x.new_empty(2, steps, rows, lstm_dim)
+        output = x.new_empty(2, steps, rows, proj_dim)
+        mask = lambda dim: torch.empty(2, steps, rows, dim, dtype=torch.bool, device=x.device)  # noqa: E731
+        cell_clipped = mask(lstm_dim) if cell_clip is not None else None
+        proj_clipped = mask(proj_dim) if proj_clip is not None else None
+        zero_h, zero_c = x.new_zeros(2, rows, proj_dim), x.new_zeros(2, rows, lstm_dim)
+        m, cell_scratch, proj_scratch = torch.empty_like(zero_c), torch.empty_like(zero_c), torch.empty_like(zero_h)
+        recurrent = _DirectionLinear(recurrent_weight, zero_h[0], use_onednn, prepack=True)
+        projection = _DirectionLinear(projection_weight, m[0], use_onednn, prepack=True)
+        fast_tanh = x.device.type == "cpu" and x.dtype == torch.float32
+        for t in range(steps):
+            h_prev = _state_before(t, output, initial_h, packing, zero_h)
+            c_prev = _state_before(t, cells, initial_c, packing, zero_c)
+            step_gates = recurrent(h_prev, out=gates[:, t], accumulate=True)
+            step_gates[..., :2 * lstm_dim].sigmoid_()  # input and forget gates
+            step_gates[..., 3 * lstm_dim:].sigmoid_()  # output gate
+            input_gate, forget_gate, candidate, output_gate = step_gates.chunk(4, dim=-1)
+            tanh_(candidate) if fast_tanh else candidate.tanh_()
+            c = torch.mul(forget_gate, c_prev, out=cells[:, t]).addcmul_(input_gate, candidate)
+            if cell_clip is not None:
+                _clamp_recording_(c, cell_clip, cell_clipped[:, t], cell_scratch)
+            torch.mul(_tanh_into(c, tanh_cells[:, t], fast_tanh), output_gate, out=m)
+            h = projection(m, out=output[:, t])
+            if proj_clip is not None:
+                _clamp_recording_(h, proj_clip, proj_clipped[:, t], proj_scratch)
+        ctx.packing, ctx.use_onednn = packing, use_onednn
+        ctx.set_materialize_grads(False)
+        # A state made under inference_mode (a previous batch's final state) cannot be saved as it is.
+        initial_h, initial_c = (s.clone() if s is not None and s.is_inference() else s for s in (initial_h, initial_c))
+        ctx.save_for_backward(x, input_weight, recurrent_weight, projection_weight, initial_h, initial_c, gates,
+                              cells, tanh_cells, output, cell_clipped, proj_clipped)
+        return output, cells
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor | None, grad_cells: torch.Tensor | None):
+        (x, input_weight, recurrent_weight, projection_weight, initial_h, initial_c, gates, cells, tanh_cells,
+         output, cell_clipped, proj_clipped) = ctx.saved_tensors
+        packing = ctx.packing
+        _, steps, rows, in_dim = x.shape
+        proj_dim, lstm_dim = projection_weight.shape[1:]
+        # Gradient with respect to each step's projection before its clip; starts as the outputs' own gradient.
+        grad_projected = (grad_output.clone(memory_format=torch.contiguous_format) if grad_output is not None
+                          else torch.zeros_like(output))
+        grad_gates = torch.empty_like(gates)  # pre-activation
+        grad_initial_h = torch.zeros_like(initial_h) if ctx.needs_input_grad[5] else None
+        grad_initial_c = torch.zeros_like(initial_c) if ctx.needs_input_grad[6] else None
+        carry_h, carry_c = x.new_zeros(2, rows, proj_dim), x.new_zeros(2, rows, lstm_dim)
+        zero_c, grad_m, grad_c = torch.zeros_like(carry_c), torch.empty_like(carry_c), torch.empty_like(carry_c)
+        one = x.new_ones(())
+        # Per step: dL/dm = dL/dh @ projection, dL/dh_prev = dL/dgates @ recurrent.
+        projection_back = _DirectionLinear(projection_weight.transpose(1, 2), carry_h[0], ctx.use_onednn, prepack=True)
+        recurrent_back = _DirectionLinear(recurrent_weight.transpose(1, 2), grad_gates[0, 0], ctx.use_onednn,
+                                          prepack=True)
+        for t in reversed(range(steps)):
+            grad_h = grad_projected[:, t].add_(carry_h)
+            if proj_clipped is not None:
+                grad_h.masked_fill_(proj_clipped[:, t], 0.0)
+            projection_back(grad_h, out=grad_m)
+            step_gates, step_grad = gates[:, t], grad_gates[:, t]
+            input_gate, forget_gate, candidate, output_gate = step_gates.chunk(4, dim=-1)
+            grad_input, grad_forget, grad_candidate, grad_output_gate = step_grad.chunk(4, dim=-1)
+            tanh_c = tanh_cells[:, t]
+            # dL/dc: through m = o * tanh(c), from the next step, from the cells' own gradient; then the clip.
+            torch.addcmul(one, tanh_c, tanh_c, value=-1, out=grad_c).mul_(grad_m).mul_(output_gate).add_(carry_c)
+            if grad_cells is not None:
+                grad_c.add_(grad_cells[:, t])
+            if cell_clipped is not None:
+                grad_c.masked_fill_(cell_clipped[:, t], 0.0)
+            # Activation derivatives: s * (1 - s) for the sigmoid gates, 1 - g^2 for the tanh candidate.
+            torch.addcmul(step_gates, step_gates, step_gates, value=-1, out=step_grad)
+            torch.addcmul(one, candidate, candidate, value=-1, out=grad_candidate)
+            grad_input.mul_(grad_c).mul_(candidate)
+            grad_forget.mul_(grad_c).mul_(_state_before(t, cells, initial_c, packing, zero_c))
+            grad_candidate.mul_(grad_c).mul_(input_gate)
+            grad_output_gate.mul_(grad_m).mul_(tanh_c)
+            torch.mul(grad_c, forget_gate, out=carry_c)
+            recurrent_back(step_grad, out=carry_h)
+            if t in packing.start_steps:  # the reset rows' previous state was their initial state (or zero)
+                sentence, row, _ = packing._events("first", t, t + 1)
+                for carry, grad_initial in ((carry_h, grad_initial_h), (carry_c, grad_initial_c)):
+                    if grad_initial is not None:
+                        grad_initial.index_copy_(1, sentence, carry.index_select(1, row))
+                    carry.index_fill_(1, row, 0.0)
+
+        flat_grad_gates = grad_gates.view(2, steps * rows, 4 * lstm_dim)
+        grad_x = grad_input_weight = grad_recurrent_weight = grad_bias = grad_projection_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _DirectionLinear(input_weight.transpose(1, 2), flat_grad_gates[0], ctx.use_onednn, prepack=False)(
+                flat_grad_gates).view(x.shape)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # Both weights that multiply into the gates in one GEMM: [input weight | recurrent weight] of
+            # [x_t | h_(t-1)], the latter being the previous step's output or, where a sentence starts, its
+            # initial state (or zero).
+            h_prev = torch.cat([output.new_zeros(2, 1, rows, proj_dim), output[:, :-1]], dim=1)
+            sentence, row, step = packing._events("first", 0, steps)
+            h_prev[:, step, row] = 0.0 if initial_h is None else initial_h[:, sentence]
+            gate_inputs = torch.cat([x, h_prev], dim=-1).view(2, steps * rows, in_dim + proj_dim)
+            grad_input_weight, grad_recurrent_weight = _weight_gradient(
+                flat_grad_gates, gate_inputs, ctx.use_onednn).split([in_dim, proj_dim], dim=-1)
+        if ctx.needs_input_grad[3]:
+            grad_bias = flat_grad_gates.sum(dim=1)
+        if ctx.needs_input_grad[4]:
+            m = torch.mul(gates[..., 3 * lstm_dim:], tanh_cells).view(2, steps * rows, lstm_dim)
+            grad_projection_weight = _weight_gradient(grad_projected.view(2, steps * rows, proj_dim), m,
+                                                      ctx.use_onednn)
+        return (grad_x, grad_input_weight, grad_recurrent_weight, grad_bias, grad_projection_weight, grad_initial_h,
+                grad_initial_c, None, None, None, None)
 
 
 @dataclass
@@ -645,16 +906,19 @@ class GraphCache:
         return graph.replay
 
 
-LSTM_DRIVERS: dict[str, type[LstmDriver]] = {"eager": EagerDriver, "autograd": AutogradDriver, "graphs": GraphDriver}
+LSTM_DRIVERS: dict[str, type[LstmDriver]] = {
+    "eager": EagerDriver, "autograd": AutogradDriver, "graphs": GraphDriver, "bptt": BpttDriver,
+}
 
 
 def select_driver(
     x: torch.Tensor, needs_grad: bool, options: ElmoRuntimeOptions, clips: tuple[float | None, float | None]
 ) -> LstmDriver:
-    """The one place that picks how the recurrence runs: autograd whenever gradients are recorded, else the
+    """The one place that picks how the recurrence runs. When gradients are recorded: the hand-written
+    backpropagation through time (`"bptt"`), or the autograd loop if that is the configured backend. Otherwise the
     configured backend, `"auto"` meaning CUDA graphs on GPUs and the eager loop elsewhere."""
     if needs_grad:
-        backend = "autograd"
+        backend = "autograd" if options.lstm_backend == "autograd" else "bptt"
     elif options.lstm_backend == "auto":
         backend = "graphs" if x.device.type == "cuda" else "eager"
     else:
@@ -663,6 +927,8 @@ def select_driver(
 
 
 __all__ = [
+    "BpttDriver",
+    "BpttLayer",
     "ElmoRuntimeOptions",
     "LSTM_BACKENDS",
     "LSTM_DRIVERS",
