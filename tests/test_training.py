@@ -117,6 +117,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         ([*base, "--options-file", str(TEST_OPTIONS), "--vocab-file", str(VOCAB), "--batch-size", "0"],
          "batch-size must be at least 1"),
     ]
+    (tmp_path / "used" / "checkpoint-5").mkdir(parents=True)
+    cases.append((["train", "--train-file", str(CORPUS), "--output-dir", str(tmp_path / "used"), "--options-file",
+                   str(TEST_OPTIONS), "--vocab-file", str(VOCAB)], "already holds checkpoints"))
     for argv, message in cases:
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err

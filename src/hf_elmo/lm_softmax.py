@@ -327,16 +327,22 @@ def sampled_softmax_loss(
     all_ids = torch.cat([targets, candidates.ids])
     rows = F.embedding(all_ids, weight, sparse=sparse_weight_gradient).to(hidden.dtype)  # (N + S, P)
     row_bias = bias[all_ids].to(hidden.dtype)
-    true_logits = (hidden * rows[:n_rows]).sum(dim=1) + row_bias[:n_rows]  # (N,)
-    sampled_logits = hidden @ rows[n_rows:].T + row_bias[n_rows:]  # (N, S)
-    if remove_accidental_hits:
-        hits = targets[:, None] == candidates.ids[None, :]
-        sampled_logits = sampled_logits.masked_fill(hits, torch.finfo(sampled_logits.dtype).min)
     loss_dtype = torch.promote_types(hidden.dtype, torch.float32)
-    true_logits = true_logits.to(loss_dtype) - torch.log(candidates.true_expected_counts).to(loss_dtype)
-    sampled_logits = sampled_logits.to(loss_dtype) - torch.log(candidates.sampled_expected_counts).to(loss_dtype)
-    logits = torch.cat([true_logits[:, None], sampled_logits], dim=1)
-    return torch.logsumexp(logits, dim=1) - true_logits
+    true_logits = ((hidden * rows[:n_rows]).sum(dim=1) + row_bias[:n_rows]).to(loss_dtype) - torch.log(
+        candidates.true_expected_counts).to(loss_dtype)  # (N,)
+    # The log expected counts are per column: folded into the GEMM's bias, the (N, S) logits take one pass.
+    column_bias = row_bias[n_rows:] - torch.log(candidates.sampled_expected_counts).to(hidden.dtype)
+    sampled_logits = torch.addmm(column_bias, hidden, rows[n_rows:].T).to(loss_dtype)  # (N, S)
+    if remove_accidental_hits:
+        # A row's label is at most one of the S distinct candidates: find it by a search, not an (N, S) compare.
+        order = torch.argsort(candidates.ids)
+        sorted_ids = candidates.ids[order]
+        position = torch.searchsorted(sorted_ids, targets).clamp(max=len(sorted_ids) - 1)
+        hit_rows = torch.nonzero(sorted_ids[position] == targets).squeeze(1)
+        # In place: the GEMM's backward does not read its output.
+        sampled_logits.index_put_((hit_rows, order[position[hit_rows]]),
+                                  torch.tensor(torch.finfo(loss_dtype).min, dtype=loss_dtype, device=hidden.device))
+    return torch.logaddexp(true_logits, torch.logsumexp(sampled_logits, dim=1)) - true_logits
 
 
 __all__ = [

@@ -140,6 +140,27 @@ def _negative_samples(settings: dict[str, Any], vocabulary_size: int) -> int | N
     return negatives if 0 < negatives < vocabulary_size else None
 
 
+def keep_freed_memory() -> None:
+    """
+    Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS: a training step
+    allocates and frees the same large activations every time, and returning them made every step pay for fresh
+    page faults again (a quarter of the step time of ELMo Small at batch 128 on CPU; about 0.3 GB more resident).
+    Blocks up to 32 MiB (glibc's largest threshold) then come from the heap. Nothing happens without glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 32 * 2**20)
+    mallopt(m_trim_threshold, 2**30)
+    mallopt(m_top_pad, 2**30)
+
+
 def _corpus_tokens(files: list[Path]) -> int:
     """bilm-tf's `n_train_tokens`: words plus one `</S>` per sentence (what `build-vocab` reports)."""
     tokens = 0
@@ -181,9 +202,12 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
 
     output_dir = Path(args.output_dir)
     files = check_corpus_files(args.train_file)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes (torchrun / accelerate launch set it)
     resume_from = None
+    if not args.resume and any(output_dir.glob("checkpoint-*")):
+        raise ValueError(f"{output_dir} already holds checkpoints of a training run: continue it with --resume, "
+                         f"or train into another --output-dir")
     if args.resume:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         resume_from = last_complete_checkpoint(output_dir, world)
         if resume_from is None and int(os.environ.get("RANK", "0")) == 0:
             print(f"hf-elmo train: no complete checkpoint in {output_dir} yet: starting from the beginning")
@@ -197,7 +221,6 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
     # (gloo has no int16 broadcast for the cache's character ids).
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
         model, [name for name, _ in model.named_buffers() if ".cached_" in name])
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if args.max_steps is not None:
         if args.max_steps < 1:
             raise ValueError(f"max-steps must be at least 1, got {args.max_steps}")
@@ -209,14 +232,16 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
     training_args = _trainer_arguments(args, extra or [], settings, max_steps)
     chars = model.config.max_characters_per_token
     if args.sentence_level:
-        dataset: torch.utils.data.IterableDataset = LMSentenceDataset(files, vocabulary, chars, shuffle=True, seed=args.seed,
-                                                     passes=None)
+        dataset: torch.utils.data.IterableDataset = LMSentenceDataset(files, vocabulary, chars, shuffle=True,
+                                                                      seed=args.seed, passes=None)
         collator = ElmoLMDataCollator()
     else:
         dataset = LMStreamDataset(files, vocabulary, batch_size=settings["batch_size"] * world,
                                   unroll_steps=settings["unroll_steps"], max_characters_per_token=chars,
                                   shuffle=True, seed=args.seed)
         collator = None
+    if training_args.device.type == "cpu":
+        keep_freed_memory()
     trainer = ElmoLMTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
                             bilm_tf_optimizer=not any(option.startswith("--optim") for option in extra or []),
                             negative_samples=_negative_samples(settings, len(vocabulary)))
