@@ -258,7 +258,7 @@ def test_bilstm_end_to_end_with_skip_connections(monkeypatch):
 
 def test_pretraining_model_end_to_end():
     cfg = tiny_config(lstm_dim=12, projection_dim=6, cell_clip=1.0, proj_clip=0.5, lm_vocab_size=11,
-                      mix_dropout=0.0)
+                      mix_dropout=0.0, dropout=0.0)
     model = ElmoForPreTraining(cfg).double().train()
     randomize(model, seed=9, scale=0.5)
     tokenizer = ElmoTokenizer()

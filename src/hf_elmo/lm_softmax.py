@@ -342,7 +342,33 @@ def sampled_softmax_loss(
         # In place: the GEMM's backward does not read its output.
         sampled_logits.index_put_((hit_rows, order[position[hit_rows]]),
                                   torch.tensor(torch.finfo(loss_dtype).min, dtype=loss_dtype, device=hidden.device))
-    return torch.logaddexp(true_logits, torch.logsumexp(sampled_logits, dim=1)) - true_logits
+    return _TrueClassCrossEntropy.apply(true_logits, sampled_logits)
+
+
+class _TrueClassCrossEntropy(torch.autograd.Function):
+    """
+    `logsumexp([true, sampled...]) - true` per row, `true` `(N,)` and `sampled` `(N, S)`, with the softmax kept
+    from the forward for the backward: over the (N, S) logits, which dominate the sampled softmax's memory
+    traffic, it reads them twice and writes one buffer, and the backward scales that buffer in place (autograd's
+    logsumexp goes over them several times more).
+    """
+
+    @staticmethod
+    def forward(ctx, true_logits: torch.Tensor, sampled_logits: torch.Tensor) -> torch.Tensor:
+        shift = torch.maximum(sampled_logits.amax(dim=1), true_logits)  # (N,)
+        exp_sampled = torch.sub(sampled_logits, shift[:, None]).exp_()  # (N, S)
+        exp_true = torch.exp(true_logits - shift)
+        normalizer = exp_sampled.sum(dim=1) + exp_true
+        ctx.save_for_backward(exp_sampled, exp_true, normalizer)
+        return torch.log(normalizer) + shift - true_logits
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        exp_sampled, exp_true, normalizer = ctx.saved_tensors
+        scale = grad / normalizer
+        # d/dtrue = p(true) - 1, d/dsampled = p(sampled): the softmax times the incoming gradient.
+        return exp_true * scale - grad, exp_sampled.mul_(scale[:, None])
 
 
 __all__ = [
