@@ -19,7 +19,7 @@ from ..checkpoints import CheckpointError
 from ..checkpoints.bilm_tf import config_from_options, read_options
 from ..checkpoints.softmax import LMVocabulary, read_lm_vocabulary
 from ..modeling_elmo import ElmoForPreTraining
-from .vocabulary import check_corpus_files, decode_line
+from .vocabulary import check_corpus_files, count_words
 
 # bilm-tf's values where its options are silent: `train()` (learning rate) and `bin/train_elmo.py` (the rest, the
 # settings of the released models).
@@ -161,17 +161,6 @@ def keep_freed_memory() -> None:
     mallopt(m_top_pad, 2**30)
 
 
-def _corpus_tokens(files: list[Path]) -> int:
-    """bilm-tf's `n_train_tokens`: words plus one `</S>` per sentence (what `build-vocab` reports)."""
-    tokens = 0
-    for path in files:
-        with path.open("rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                words = len(decode_line(raw, path, line_number).split())
-                tokens += words + 1 if words else 0
-    return tokens
-
-
 def _trainer_arguments(args: argparse.Namespace, extra: list[str], settings: dict[str, Any], max_steps: int):
     """TrainingArguments: bilm-tf's choices first, then the user's extra options, then what this command owns."""
     from transformers import HfArgumentParser, TrainingArguments
@@ -226,7 +215,8 @@ def run_train(args: argparse.Namespace, extra: list[str] | None = None) -> None:
             raise ValueError(f"max-steps must be at least 1, got {args.max_steps}")
         max_steps = args.max_steps
     else:
-        tokens = int(options.get("n_train_tokens") or _corpus_tokens(files))
+        # bilm-tf's n_train_tokens: the corpus' words, as `build-vocab` counts and reports them.
+        tokens = int(options.get("n_train_tokens") or sum(count_words(files)[0].values()))
         per_step = settings["batch_size"] * settings["unroll_steps"] * world
         max_steps = max(1, int(float(settings["n_epochs"]) * tokens / per_step))
     training_args = _trainer_arguments(args, extra or [], settings, max_steps)
