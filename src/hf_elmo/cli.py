@@ -338,10 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(args, "passes_unknown_options", False):
+    passes_unknown = getattr(args, "passes_unknown_options", False)
+    if unknown and not passes_unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if getattr(args, "passes_unknown_options", False):
+        if passes_unknown:
             args.run(args, unknown)
         else:
             args.run(args)

@@ -152,8 +152,7 @@ def _write_checkpoint(
         model_card = official_model_card_name(config, sources)
     if language_model is not None:
         weight, bias, vocabulary = language_model
-        config.lm_vocab_size = len(vocabulary)
-        config.lm_bos_id, config.lm_eos_id, config.lm_unk_id = vocabulary.bos_id, vocabulary.eos_id, vocabulary.unk_id
+        config.update(vocabulary.config_fields())
         to_save = ElmoForPreTraining(config)
         model = to_save.elmo
         with torch.no_grad():

@@ -118,6 +118,11 @@ class LMVocabulary:
     def __len__(self) -> int:
         return len(self.words)
 
+    def config_fields(self) -> dict[str, int]:
+        """The `ElmoConfig` fields of a softmax over this vocabulary: its size and the special words' rows."""
+        return {"lm_vocab_size": len(self), "lm_bos_id": self.bos_id, "lm_eos_id": self.eos_id,
+                "lm_unk_id": self.unk_id}
+
     def ids(self, words: list[str]) -> list[int]:
         """Vocabulary ids of `words`, `<UNK>`'s for words outside it (bilm-tf's `word_to_id`)."""
         unk = self.unk_id

@@ -104,9 +104,7 @@ def _build_model(args: argparse.Namespace) -> tuple[ElmoForPreTraining, LMVocabu
             raise CheckpointError(f"{args.options_file}: n_tokens_vocab is {declared}, but {args.vocab_file} has "
                                   f"{len(vocabulary)} words")
         dropout = {} if args.dropout is None else {"dropout": args.dropout}
-        config = config_from_options(options, str(args.options_file), lm_vocab_size=len(vocabulary),
-                                     lm_bos_id=vocabulary.bos_id, lm_eos_id=vocabulary.eos_id,
-                                     lm_unk_id=vocabulary.unk_id, **dropout)
+        config = config_from_options(options, str(args.options_file), **vocabulary.config_fields(), **dropout)
         return ElmoForPreTraining(config), vocabulary, options, f"trained from scratch with {args.options_file}"
 
     from ..conversion import LM_VOCABULARY_FILE
@@ -123,10 +121,8 @@ def _build_model(args: argparse.Namespace) -> tuple[ElmoForPreTraining, LMVocabu
         if args.vocab_file is None:
             raise ValueError(f"{args.init_from} has no softmax: give --vocab-file for a new one")
         vocabulary = read_lm_vocabulary(args.vocab_file)
-        config = model.config
-        config.lm_vocab_size = len(vocabulary)
-        config.lm_bos_id, config.lm_eos_id, config.lm_unk_id = vocabulary.bos_id, vocabulary.eos_id, vocabulary.unk_id
-        model.softmax = nn.Linear(config.projection_dim, len(vocabulary)).to(model.device, model.dtype)
+        model.config.update(vocabulary.config_fields())
+        model.softmax = nn.Linear(model.config.projection_dim, len(vocabulary)).to(model.device, model.dtype)
         model._init_weights(model)
     if args.dropout is not None:
         model.config.dropout = args.dropout
